@@ -1,0 +1,207 @@
+"""The JSON API: one NinjaAPI, its auth and its error shape (DESIGN.md section 6).
+
+Every error is ``{"error": {"code", "message", "fields"?}}``. Checks run in the
+order 401, 404, 413, 415, 400: auth is Ninja's, the bot lookup comes first in
+each view, and request bodies are read by :func:`parse_body` after it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, TypeVar
+
+import pydantic
+from asgiref.sync import iscoroutinefunction
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.utils.decorators import sync_and_async_middleware
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.security import APIKeyCookie, HttpBearer
+from ninja.utils import check_csrf
+
+from bots.models import ApiToken
+
+logger = logging.getLogger(__name__)
+Schema = TypeVar("Schema", bound=pydantic.BaseModel)
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, fields: dict[str, str] | None = None, headers: dict | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields, self.headers = status, code, message, fields, headers or {}
+
+
+def error_response(status: int, code: str, message: str, fields: dict | None = None) -> JsonResponse:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        error["fields"] = fields
+    return JsonResponse({"error": error}, status=status)
+
+
+class BearerAuth(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str):
+        return ApiToken.objects.user_for(token)
+
+
+class SessionAuth(APIKeyCookie):
+    """Django's session, with CSRF checked only once the user is known (401 before 403)."""
+
+    param_name = settings.SESSION_COOKIE_NAME
+
+    def __init__(self) -> None:
+        super().__init__(csrf=False)
+
+    def authenticate(self, request: HttpRequest, key: str | None):
+        if not request.user.is_authenticated:
+            return None
+        if check_csrf(request) is not None:
+            raise ApiError(403, "csrf_failed", "CSRF token missing or incorrect. Send it in the X-CSRFToken header.")
+        return request.user
+
+
+api = NinjaAPI(
+    title="WhatsApp AI bot platform",
+    version="1.0",
+    description="Bots that answer WhatsApp messages with Google Gemini.",
+    auth=[BearerAuth(), SessionAuth()],
+    urls_namespace="api",
+)
+
+
+def validation_fields(errors: list[dict]) -> dict[str, str]:
+    """Pydantic/Ninja errors as ``{field: message}``, keyed by the client's own names."""
+    fields: dict[str, str] = {}
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "payload", "query", "path")]
+        key = ".".join(loc) or "body"
+        if error.get("type") == "extra_forbidden":
+            message = "Unknown field."
+        elif error.get("type") == "missing":
+            message = "This field is required."
+        else:
+            message = error.get("msg", "Invalid value.").removeprefix("Value error, ")
+        fields.setdefault(key, message)
+    return fields
+
+
+def parse_body(request: HttpRequest, schema: type[Schema]) -> Schema:
+    """Read a JSON body after the auth and lookup checks: 413, then 415, then 400."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    try:
+        if declared > limit:
+            raise RequestDataTooBig
+        body = request.body
+    except RequestDataTooBig:
+        raise ApiError(413, "payload_too_large", f"The request body is larger than {limit} bytes.") from None
+    if len(body) > limit:
+        raise ApiError(413, "payload_too_large", f"The request body is larger than {limit} bytes.")
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "Send the body as JSON with Content-Type: application/json.")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}.") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "validation_error", "The body must be a JSON object.")
+    try:
+        return schema.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ApiError(
+            400, "validation_error", "Some fields are invalid.", validation_fields(exc.errors(include_url=False))
+        ) from None
+
+
+@api.exception_handler(ApiError)
+def on_api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
+    response = error_response(exc.status, exc.code, exc.message, exc.fields)
+    for name, value in exc.headers.items():
+        response[name] = value
+    return response
+
+
+@api.exception_handler(AuthenticationError)
+def on_authentication_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    response = error_response(
+        401, "unauthorized", "Authentication required: send 'Authorization: Bearer <token>' or log in."
+    )
+    response["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+@api.exception_handler(ValidationError)
+def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    return error_response(400, "validation_error", "Some fields are invalid.", validation_fields(exc.errors))
+
+
+@api.exception_handler(Http404)
+def on_not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return error_response(404, "not_found", str(exc) or "Not found.")
+
+
+@api.exception_handler(HttpError)
+def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return error_response(exc.status_code, "http_error", str(exc))
+
+
+@api.exception_handler(Exception)
+def on_unexpected_error(request: HttpRequest, exc: Exception) -> HttpResponse:
+    logger.exception("Unexpected error in %s %s", request.method, request.path)
+    return error_response(500, "server_error", "Something went wrong on our side. It has been logged.")
+
+
+STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    500: "server_error",
+}
+
+
+def as_json_error(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    """Django's own error pages (404, 405, CSRF, 500) under /api/, in the API's error shape."""
+    if (
+        not request.path.startswith("/api/")
+        or response.status_code < 400
+        or response.get("Content-Type", "").startswith("application/json")
+    ):
+        return response
+    status = response.status_code
+    code = STATUS_CODES.get(status, "error")
+    message = {
+        404: "Not found.",
+        405: f"Method {request.method} is not allowed here.",
+        500: "Something went wrong on our side. It has been logged.",
+    }.get(status, code.replace("_", " ").capitalize() + ".")
+    replacement = error_response(status, code, message)
+    if response.has_header("Allow"):
+        replacement["Allow"] = response["Allow"]
+    return replacement
+
+
+@sync_and_async_middleware
+def json_errors_middleware(get_response):
+    if iscoroutinefunction(get_response):
+
+        async def middleware(request: HttpRequest) -> HttpResponse:
+            return as_json_error(request, await get_response(request))
+
+    else:
+
+        def middleware(request: HttpRequest) -> HttpResponse:
+            return as_json_error(request, get_response(request))
+
+    return middleware

@@ -1,0 +1,3 @@
+"""WebSocket routes; consumers plug in here."""
+
+websocket_urlpatterns: list = []

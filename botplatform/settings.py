@@ -1,0 +1,204 @@
+"""Settings, read from the environment (DESIGN.md section 8).
+
+Defaults run on one machine with SQLite and no Redis; production sets
+DATABASE_URL, REDIS_URL, SECRET_KEY, ALLOWED_HOSTS and HTTPS=1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.translation import gettext_lazy as _
+
+from botplatform.env import Env
+
+env = Env()
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env.bool("DEBUG", False)
+SECRET_KEY = env.str("SECRET_KEY")
+if SECRET_KEY is None:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY is required when DEBUG is off.")
+    SECRET_KEY = "django-insecure-dev-only-key-never-use-in-production-4f7b2c9e1a"
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["localhost", "127.0.0.1"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", [])
+for origin in CSRF_TRUSTED_ORIGINS:
+    if not origin.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(f"CSRF_TRUSTED_ORIGINS={origin!r} is invalid: expected scheme://host origins.")
+
+HTTPS = env.bool("HTTPS", False)
+if HTTPS:
+    SECURE_SSL_REDIRECT = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env.int("HSTS_SECONDS", 31536000, min=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    # Health probes come from the load balancer over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_htmx",
+    "ninja",
+    "bots",
+    "whatsapp",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "botplatform.api.json_errors_middleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "botplatform.urls"
+ASGI_APPLICATION = "botplatform.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.i18n",
+            ],
+        },
+    },
+]
+
+# --- Database --------------------------------------------------------------
+
+DATABASE_URL = env.url("DATABASE_URL", ("postgres", "postgresql", "sqlite"))
+if DATABASE_URL is None:
+    DATABASE_URL = f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+_db = dj_database_url.parse(DATABASE_URL)
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    if not _db["NAME"] or _db["NAME"] == ":memory:":
+        raise ImproperlyConfigured("DATABASE_URL must name a SQLite file: the web and the pool share it.")
+    _db["OPTIONS"] = {
+        # WAL lets the web read while a shard writes; IMMEDIATE takes the write lock
+        # at BEGIN so concurrent writers wait (busy timeout) instead of failing.
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+    # Tests that start real processes need a database file they can all open.
+    _db["TEST"] = {"NAME": str(Path(_db["NAME"]).with_name("test_" + Path(_db["NAME"]).name))}
+else:
+    _db["CONN_HEALTH_CHECKS"] = True
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channels --------------------------------------------------------------
+
+REDIS_URL = env.url("REDIS_URL", ("redis", "rediss", "unix"))
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            # The pub/sub layer is 2-5x faster than the core layer (notes/floors.md).
+            # It keeps no queue, which is fine: events are hints, the DB is the truth.
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    # Without Redis there is no cross-process layer; consumers follow the
+    # session event log instead (DESIGN.md section 2).
+    CHANNEL_LAYERS = {}
+
+# --- Auth, i18n, static ------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", _("English")), ("pt-br", _("Brazilian Portuguese"))]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+# Static files are served from the finders when collectstatic has not run (tests, make run).
+WHITENOISE_USE_FINDERS = True
+
+# Request bodies over 1 MiB are refused with 413 (DESIGN.md section 6).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}
+
+# --- Gemini ------------------------------------------------------------------
+
+GEMINI_API_KEY = env.str("GEMINI_API_KEY")
+GEMINI_BASE_URL = env.url("GEMINI_BASE_URL", ("http", "https"))
+GEMINI_MODEL = env.str("GEMINI_MODEL", "gemini-2.5-flash")
+GEMINI_REPLY_DEADLINE = env.float("GEMINI_REPLY_DEADLINE", 25.0, min=1, max=600)
+
+# --- WhatsApp pool -------------------------------------------------------------
+
+WHATSAPP_DEFAULT_PROVIDER = env.str("WHATSAPP_DEFAULT_PROVIDER", "neonize")
+if WHATSAPP_DEFAULT_PROVIDER not in ("neonize", "simulator"):
+    raise ImproperlyConfigured(
+        f"WHATSAPP_DEFAULT_PROVIDER={WHATSAPP_DEFAULT_PROVIDER!r} is invalid: expected neonize or simulator."
+    )
+WHATSAPP_SIMULATOR = env.bool("WHATSAPP_SIMULATOR", DEBUG)
+if WHATSAPP_DEFAULT_PROVIDER == "simulator" and not WHATSAPP_SIMULATOR:
+    raise ImproperlyConfigured("WHATSAPP_DEFAULT_PROVIDER=simulator needs WHATSAPP_SIMULATOR=1.")
+WHATSAPP_QR_TIMEOUT = env.int("WHATSAPP_QR_TIMEOUT", 120, min=10, max=160)
+WHATSAPP_STORE_URL = env.url("WHATSAPP_STORE_URL", ("postgres", "postgresql", "sqlite", "file"))
+WHATSAPP_LEASE_TTL = env.int("WHATSAPP_LEASE_TTL", 15, min=6, max=600)
+WHATSAPP_AI_CONCURRENCY = env.int("WHATSAPP_AI_CONCURRENCY", 64, min=1, max=4096)
+WHATSAPP_REPLY_MAX_AGE = env.int("WHATSAPP_REPLY_MAX_AGE", 900, min=1)
+WHATSAPP_CONNECT_RATE_BOT = env.rate("WHATSAPP_CONNECT_RATE_BOT", "5/60")
+WHATSAPP_CONNECT_RATE_USER = env.rate("WHATSAPP_CONNECT_RATE_USER", "20/600")

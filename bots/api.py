@@ -1,0 +1,209 @@
+"""The bot part of the JSON API: create, list, read, update, delete."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from django.conf import settings
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from ninja import Router, Schema
+from pydantic import ConfigDict, Field, StringConstraints, field_validator
+
+from botplatform.api import ApiError, parse_body
+from bots.models import MODEL_NAME_PATTERN, Bot
+from whatsapp.models import Session
+
+router = Router(tags=["bots"])
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]
+SystemPrompt = Annotated[str, StringConstraints(max_length=8000)]
+ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_PATTERN)]
+Temperature = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
+FallbackText = Annotated[str, StringConstraints(max_length=1000)]
+
+
+class BotFields(Schema):
+    """Fields a client may set. Omitted fields keep their value; null is refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: Name = None  # type: ignore[assignment]
+    systemPrompt: SystemPrompt = None  # type: ignore[assignment]
+    model: ModelName = None  # type: ignore[assignment]
+    temperature: Temperature = None  # type: ignore[assignment]
+    whatsappProvider: Literal["neonize", "simulator"] = None  # type: ignore[assignment]
+    fallbackText: FallbackText = None  # type: ignore[assignment]
+    replyInGroups: bool = None  # type: ignore[assignment]
+    isActive: bool = None  # type: ignore[assignment]
+
+    @field_validator("whatsappProvider")
+    @classmethod
+    def simulator_enabled(cls, value: str) -> str:
+        if value == "simulator" and not settings.WHATSAPP_SIMULATOR:
+            raise ValueError("The simulator is not enabled on this server.")
+        return value
+
+    def model_fields(self) -> dict:
+        """The provided fields as Bot model field names."""
+        names = {
+            "name": "name",
+            "systemPrompt": "system_prompt",
+            "model": "model",
+            "temperature": "temperature",
+            "whatsappProvider": "whatsapp_provider",
+            "fallbackText": "fallback_text",
+            "replyInGroups": "reply_in_groups",
+            "isActive": "is_active",
+        }
+        return {names[key]: getattr(self, key) for key in self.model_fields_set if key in names}
+
+
+class BotCreate(BotFields):
+    name: Name
+    autoConnect: bool = True
+
+
+class BotPatch(BotFields):
+    pass
+
+
+class WhatsappStatus(Schema):
+    status: str
+    qrCode: str | None = None
+    qrExpiresAt: str | None = None
+    pairingCode: str | None = None
+    jid: str | None = None
+    phone: str | None = None
+    pushName: str | None = None
+    lastError: str | None = None
+    seq: int
+    updatedAt: str
+
+
+class BotOut(Schema):
+    id: uuid.UUID
+    name: str
+    systemPrompt: str
+    whatsappProvider: str
+    model: str
+    temperature: float
+    fallbackText: str
+    replyInGroups: bool
+    isActive: bool
+    createdAt: str
+    updatedAt: str
+    whatsapp: WhatsappStatus
+
+
+class BotList(Schema):
+    bots: list[BotOut]
+
+
+class ErrorBody(Schema):
+    code: str
+    message: str
+    fields: dict[str, str] | None = None
+
+
+class Error(Schema):
+    error: ErrorBody
+
+
+def bot_payload(bot: Bot) -> dict:
+    from whatsapp.models import rfc3339
+
+    return {
+        "id": str(bot.id),
+        "name": bot.name,
+        "systemPrompt": bot.system_prompt,
+        "whatsappProvider": bot.whatsapp_provider,
+        "model": bot.model,
+        "temperature": bot.temperature,
+        "fallbackText": bot.fallback_text,
+        "replyInGroups": bot.reply_in_groups,
+        "isActive": bot.is_active,
+        "createdAt": rfc3339(bot.created_at),
+        "updatedAt": rfc3339(bot.updated_at),
+        "whatsapp": bot.session.status_payload(),
+    }
+
+
+def get_bot(request: HttpRequest, bot_id: uuid.UUID) -> Bot:
+    """The caller's bot, or 404 for a bot that does not exist or is someone else's."""
+    bot = Bot.objects.visible_to(request.auth).select_related("session").filter(pk=bot_id).first()
+    if bot is None:
+        raise ApiError(404, "not_found", "No such bot.")
+    return bot
+
+
+def json_body(schema: type[Schema]) -> dict:
+    """OpenAPI description of a body that the view reads itself with parse_body."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": schema.model_json_schema(ref_template="#/components/schemas/{model}")}
+            },
+        }
+    }
+
+
+ERRORS = {400: Error, 401: Error, 404: Error, 413: Error, 415: Error}
+
+
+@router.post(
+    "", response={201: BotOut, **ERRORS}, openapi_extra=json_body(BotCreate), summary="Create a bot", exclude_none=True
+)
+def create_bot(request: HttpRequest):
+    data = parse_body(request, BotCreate)
+    bot = Bot.objects.create(owner=request.auth, **data.model_fields())
+    if data.autoConnect:
+        from whatsapp.control import request_connect
+
+        request_connect(bot, request.auth, autoconnect=True)
+        bot.session.refresh_from_db()
+    return 201, bot_payload(bot)
+
+
+@router.get("", response={200: BotList, 401: Error}, summary="List your bots", exclude_none=True)
+def list_bots(request: HttpRequest):
+    bots = Bot.objects.visible_to(request.auth).select_related("session")
+    return {"bots": [bot_payload(bot) for bot in bots]}
+
+
+@router.get("/{uuid:bot_id}", response={200: BotOut, **ERRORS}, summary="Get a bot", exclude_none=True)
+def read_bot(request: HttpRequest, bot_id: uuid.UUID):
+    return bot_payload(get_bot(request, bot_id))
+
+
+@router.patch(
+    "/{uuid:bot_id}",
+    response={200: BotOut, **ERRORS},
+    openapi_extra=json_body(BotPatch),
+    summary="Update a bot",
+    exclude_none=True,
+)
+def update_bot(request: HttpRequest, bot_id: uuid.UUID):
+    bot = get_bot(request, bot_id)
+    changes = parse_body(request, BotPatch).model_fields()
+    if changes:
+        for field, value in changes.items():
+            setattr(bot, field, value)
+        bot.save(update_fields=[*changes, "updated_at"])
+    return bot_payload(bot)
+
+
+@router.delete("/{uuid:bot_id}", response={204: None, **ERRORS}, summary="Delete a bot")
+def delete_bot(request: HttpRequest, bot_id: uuid.UUID):
+    bot = get_bot(request, bot_id)
+    with transaction.atomic():
+        Bot.objects.filter(pk=bot.pk).update(deleted_at=timezone.now())
+        # The hosting shard sees the deleted bot, logs it out and releases it.
+        Session.objects.filter(pk=bot.pk).update(desired_connected=False, logout_requested=True)
+    from whatsapp.control import nudge_shards
+
+    transaction.on_commit(nudge_shards)
+    return HttpResponse(status=204)

@@ -1,0 +1,26 @@
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Create an admin account when there is no superuser yet, and print how to log in."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--username", default="admin")
+
+    def handle(self, username: str, **options):
+        User = get_user_model()
+        if User.objects.filter(is_superuser=True).exists():
+            self.stdout.write("An admin account exists already; log in with it at http://127.0.0.1:8000/login/")
+            return
+        password = secrets.token_urlsafe(12)
+        User.objects.create_superuser(username=username, email="", password=password)
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Created the admin account.\n  Log in at http://127.0.0.1:8000/login/\n"
+                f"  username: {username}\n  password: {password}\n"
+                "  (shown once; change it in the admin, or run: python manage.py changepassword admin)"
+            )
+        )

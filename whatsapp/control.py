@@ -1,0 +1,106 @@
+"""What the web asks of the pool: it writes desired state, then nudges the shards.
+
+The shards reconcile toward the database on every loop (invariant 1), so a
+lost nudge costs latency, never correctness.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from bots.models import Bot
+from whatsapp import state
+from whatsapp.models import ConnectRequest, Session, Status
+
+logger = logging.getLogger(__name__)
+
+SHARDS_GROUP = "whatsapp.shards"
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Too many connect requests; retry in {retry_after} s.")
+        self.retry_after = retry_after
+
+
+def nudge_shards() -> None:
+    """Wake the shards now rather than at their next poll. A hint: failures are harmless."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(SHARDS_GROUP, {"type": "shards.wake"})
+    except Exception:
+        logger.warning("Could not nudge the shards", exc_info=True)
+
+
+def check_rate(bot: Bot, user) -> None:
+    """Raise RateLimited when the bot or the user made too many connect requests."""
+    now = timezone.now()
+    for rows, (limit, seconds) in (
+        (ConnectRequest.objects.filter(bot=bot), settings.WHATSAPP_CONNECT_RATE_BOT),
+        (ConnectRequest.objects.filter(user=user), settings.WHATSAPP_CONNECT_RATE_USER),
+    ):
+        since = now - datetime.timedelta(seconds=seconds)
+        recent = rows.filter(created_at__gt=since)
+        if recent.count() >= limit:
+            # The oldest request in the window frees a slot when it leaves it.
+            oldest_at = recent.order_by("created_at").values_list("created_at", flat=True).first() or now
+            raise RateLimited(max(1, math.ceil((oldest_at - since).total_seconds())))
+
+
+def request_connect(bot: Bot, user, *, autoconnect: bool = False, pairing_phone: str = "") -> Session:
+    """A connect request (API, page, admin, autoConnect): desired on, failures reset, `connecting`."""
+    try:
+        with transaction.atomic():
+            check_rate(bot, user)
+            ConnectRequest.objects.create(bot=bot, user=user)
+            Session.objects.filter(pk=bot.pk).update(
+                desired_connected=True, logout_requested=False, failures=0, next_retry_at=None
+            )
+            session = state.record(
+                bot.pk, "connecting", Status.CONNECTING, last_error="", pairing_phone=pairing_phone, qr_started_at=None
+            )
+    except RateLimited:
+        if not autoconnect:
+            raise
+        return state.record(bot.pk, "disconnected", Status.DISCONNECTED, last_error="rate_limited")
+    transaction.on_commit(nudge_shards)
+    return session
+
+
+def request_disconnect(bot: Bot) -> Session:
+    """Desired off; the hosting shard stops the client and records `disconnected`."""
+    with transaction.atomic():
+        Session.objects.filter(pk=bot.pk).update(desired_connected=False)
+        session = Session.objects.get(pk=bot.pk)
+    transaction.on_commit(nudge_shards)
+    return session
+
+
+def request_logout(bot: Bot) -> Session:
+    """Desired off and a logout; the hosting shard unlinks the device and records `logged_out`."""
+    with transaction.atomic():
+        Session.objects.filter(pk=bot.pk).update(desired_connected=False, logout_requested=True)
+        session = Session.objects.get(pk=bot.pk)
+    transaction.on_commit(nudge_shards)
+    return session
+
+
+def prune_connect_requests() -> int:
+    """Forget requests older than every window; run by the pool from time to time."""
+    longest = max(settings.WHATSAPP_CONNECT_RATE_BOT[1], settings.WHATSAPP_CONNECT_RATE_USER[1])
+    cutoff = timezone.now() - datetime.timedelta(seconds=longest)
+    deleted, _ = ConnectRequest.objects.filter(created_at__lt=cutoff).delete()
+    return deleted
+
+
+__all__ = ["RateLimited", "nudge_shards", "request_connect", "request_disconnect", "request_logout"]

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import datetime
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+class Status(models.TextChoices):
+    DISCONNECTED = "disconnected", _("disconnected")
+    CONNECTING = "connecting", _("connecting")
+    QR_REQUIRED = "qr_required", _("waiting for QR scan")
+    CONNECTED = "connected", _("connected")
+    QR_TIMEOUT = "qr_timeout", _("QR expired")
+    LOGGED_OUT = "logged_out", _("logged out")
+    FAILED = "failed", _("failed")
+
+
+def rfc3339(value: datetime.datetime | None) -> str | None:
+    """UTC time as RFC 3339 with a Z, to the millisecond."""
+    if value is None:
+        return None
+    return value.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Session(models.Model):
+    """The WhatsApp connection of one bot: what is wanted, what is, who hosts it."""
+
+    bot = models.OneToOneField("bots.Bot", models.CASCADE, primary_key=True, related_name="session")
+    desired_connected = models.BooleanField(_("should be connected"), default=False)
+    logout_requested = models.BooleanField(_("logout requested"), default=False)
+
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices, default=Status.DISCONNECTED)
+    # Incremented by every status write: the `seq` of WebSocket frames.
+    version = models.PositiveBigIntegerField(_("version"), default=0)
+    qr_code = models.TextField(_("QR code (PNG data URL)"), blank=True)
+    qr_expires_at = models.DateTimeField(_("QR expires"), null=True, blank=True)
+    qr_started_at = models.DateTimeField(_("first QR shown"), null=True, blank=True)
+    pairing_phone = models.CharField(_("pairing phone"), max_length=20, blank=True)
+    pairing_code = models.CharField(_("pairing code"), max_length=9, blank=True)
+    jid = models.CharField(_("device JID"), max_length=128, blank=True)
+    phone = models.CharField(_("phone"), max_length=20, blank=True)
+    push_name = models.CharField(_("push name"), max_length=128, blank=True)
+    last_error = models.CharField(_("last error"), max_length=500, blank=True)
+    failures = models.PositiveIntegerField(_("consecutive failures"), default=0)
+    next_retry_at = models.DateTimeField(_("next retry"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("status changed"), auto_now_add=True)
+
+    lease_owner = models.CharField(_("hosting shard"), max_length=64, blank=True, db_index=True)
+    lease_expires_at = models.DateTimeField(_("lease expires"), null=True, blank=True)
+    lease_epoch = models.PositiveBigIntegerField(_("lease epoch"), default=0)
+
+    class Meta:
+        verbose_name = _("WhatsApp session")
+        verbose_name_plural = _("WhatsApp sessions")
+
+    def __str__(self) -> str:
+        return f"{self.bot_id}: {self.status}"
+
+    def status_payload(self) -> dict:
+        """The status object of the JSON API (DESIGN.md section 6)."""
+        payload: dict = {"status": self.status}
+        if self.status == Status.QR_REQUIRED:
+            if self.qr_code:
+                payload["qrCode"] = self.qr_code
+            if self.qr_expires_at:
+                payload["qrExpiresAt"] = rfc3339(self.qr_expires_at)
+            if self.pairing_code:
+                payload["pairingCode"] = self.pairing_code
+        for key, value in (("jid", self.jid), ("phone", self.phone), ("pushName", self.push_name)):
+            if value:
+                payload[key] = value
+        if self.last_error:
+            payload["lastError"] = self.last_error
+        payload["seq"] = self.version
+        payload["updatedAt"] = rfc3339(self.updated_at)
+        return payload
+
+
+class SessionEvent(models.Model):
+    """Append-only, bounded log of status changes: history and the live feed without Redis."""
+
+    session = models.ForeignKey(Session, models.CASCADE, related_name="events")
+    version = models.PositiveBigIntegerField(_("version"))
+    event = models.CharField(_("event"), max_length=16)
+    status = models.CharField(_("status"), max_length=16, choices=Status.choices)
+    detail = models.CharField(_("detail"), max_length=500, blank=True)
+    # The WebSocket frame as it was broadcast, replayed by consumers without Redis.
+    frame = models.JSONField(_("frame"), default=dict)
+    created_at = models.DateTimeField(_("time"), auto_now_add=True)
+
+    class Meta:
+        ordering = ["session", "version"]
+        verbose_name = _("session event")
+        verbose_name_plural = _("session events")
+        constraints = [models.UniqueConstraint(fields=["session", "version"], name="session_event_version")]
+
+    def __str__(self) -> str:
+        return f"#{self.version} {self.event}"
+
+
+class ConnectRequest(models.Model):
+    """One connect request, kept for the rate limits of DESIGN.md section 5."""
+
+    bot = models.ForeignKey("bots.Bot", models.CASCADE, related_name="connect_requests")
+    user = models.ForeignKey("auth.User", models.CASCADE, related_name="connect_requests")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["bot", "created_at"], name="connect_request_bot"),
+            models.Index(fields=["user", "created_at"], name="connect_request_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.bot_id} at {self.created_at}"
