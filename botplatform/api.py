@@ -15,7 +15,7 @@ import pydantic
 from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.utils.decorators import sync_and_async_middleware
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -59,6 +59,9 @@ class SessionAuth(APIKeyCookie):
     def authenticate(self, request: HttpRequest, key: str | None):
         if not request.user.is_authenticated:
             return None
+        # The token is taken from the X-CSRFToken header only. Otherwise Django parses a
+        # form body for it, and a huge or malformed one raises before 413 or 415 can answer.
+        request.POST = QueryDict()
         if check_csrf(request) is not None:
             raise ApiError(403, "csrf_failed", "CSRF token missing or incorrect. Send it in the X-CSRFToken header.")
         return request.user
@@ -73,11 +76,19 @@ api = NinjaAPI(
 )
 
 
-def validation_fields(errors: list[dict]) -> dict[str, str]:
-    """Pydantic/Ninja errors as ``{field: message}``, keyed by the client's own names."""
+NINJA_LOCATIONS = ("body", "payload", "query", "path")
+
+
+def validation_fields(errors: list[dict], locations: tuple[str, ...] = NINJA_LOCATIONS) -> dict[str, str]:
+    """Pydantic/Ninja errors as ``{field: message}``, keyed by the client's own names.
+
+    ``locations`` are the parts of Ninja's ``loc`` that name where a value came
+    from rather than the field; errors from :func:`parse_body` have none, so a
+    client's unknown key ``path`` is reported as ``path``.
+    """
     fields: dict[str, str] = {}
     for error in errors:
-        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "payload", "query", "path")]
+        loc = [str(part) for part in error.get("loc", ()) if part not in locations]
         key = ".".join(loc) or "body"
         if error.get("type") == "extra_forbidden":
             message = "Unknown field."
@@ -89,8 +100,31 @@ def validation_fields(errors: list[dict]) -> dict[str, str]:
     return fields
 
 
-def parse_body(request: HttpRequest, schema: type[Schema]) -> Schema:
-    """Read a JSON body after the auth and lookup checks: 413, then 415, then 400."""
+def nul_fields(data: dict) -> dict[str, str]:
+    """The values holding a NUL character, which PostgreSQL cannot store in text.
+
+    Iterative: the body may be nested nearly as deep as the JSON parser allows.
+    """
+    fields: dict[str, str] = {}
+    stack: list[tuple[tuple[str, ...], Any]] = [((str(key),), value) for key, value in data.items()]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                fields.setdefault(".".join(path), "Must not contain NUL characters.")
+        elif isinstance(value, dict):
+            stack.extend(((*path, str(key)), item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*path, str(index)), item) for index, item in enumerate(value))
+    return fields
+
+
+def parse_body(request: HttpRequest, schema: type[Schema], *, optional: bool = False) -> Schema:
+    """Read a JSON body after the auth and lookup checks: 413, then 415, then 400.
+
+    With ``optional``, a request without a body (any or no content type) is
+    read as ``{}``, for endpoints whose fields are all optional.
+    """
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -104,19 +138,28 @@ def parse_body(request: HttpRequest, schema: type[Schema]) -> Schema:
         raise ApiError(413, "payload_too_large", f"The request body is larger than {limit} bytes.") from None
     if len(body) > limit:
         raise ApiError(413, "payload_too_large", f"The request body is larger than {limit} bytes.")
+    if optional and not body:
+        return schema.model_validate({})
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "Send the body as JSON with Content-Type: application/json.")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError covers bad JSON, bad UTF-8 and integers over Python's digit limit;
+    # RecursionError, arrays or objects nested too deeply.
+    except (ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"The body is not valid JSON: {exc}.") from None
     if not isinstance(data, dict):
         raise ApiError(400, "validation_error", "The body must be a JSON object.")
+    if fields := nul_fields(data):
+        raise ApiError(400, "validation_error", "Some fields are invalid.", fields)
     try:
         return schema.model_validate(data)
     except pydantic.ValidationError as exc:
         raise ApiError(
-            400, "validation_error", "Some fields are invalid.", validation_fields(exc.errors(include_url=False))
+            400,
+            "validation_error",
+            "Some fields are invalid.",
+            validation_fields(exc.errors(include_url=False), locations=()),
         ) from None
 
 

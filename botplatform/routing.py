@@ -1,3 +1,9 @@
-"""WebSocket routes; consumers plug in here."""
+"""WebSocket routes."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from whatsapp.consumers import ConnectionEventsConsumer
+
+websocket_urlpatterns = [
+    path("api/bots/<uuid:bot_id>/connection-events", ConnectionEventsConsumer.as_asgi()),
+]

@@ -159,11 +159,11 @@ STORAGES = {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"
             if DEBUG
-            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            else "botplatform.storage.StaticFilesStorage"
         )
     },
 }
-# Static files are served from the finders when collectstatic has not run (tests, make run).
+# Static files are served from the finders when collectstatic has not run (tests, DEBUG=0 locally).
 WHITENOISE_USE_FINDERS = True
 
 # Request bodies over 1 MiB are refused with 413 (DESIGN.md section 6).

@@ -5,8 +5,12 @@ from django.urls import include, path
 from botplatform.api import api
 from bots import views
 from bots.api import router as bots_router
+from whatsapp.api import router as whatsapp_router
+from whatsapp.simulator_api import router as simulator_router
 
 api.add_router("/bots", bots_router)
+api.add_router("/bots", whatsapp_router)
+api.add_router("/bots", simulator_router)
 
 urlpatterns = [
     path("", views.index, name="index"),

@@ -1,9 +1,51 @@
 from __future__ import annotations
 
+import re
+
+from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.utils.translation import gettext_lazy as _
 
-from bots.models import ApiToken, Bot, Message
+from bots.models import MODEL_NAME_PATTERN, ApiToken, Bot, Message, Provider
+
+
+class BotAdminForm(forms.ModelForm):
+    """The limits the JSON API enforces (DESIGN.md section 6), so staff cannot save a bot that cannot reply."""
+
+    class Meta:
+        model = Bot
+        fields = [
+            "owner",
+            "name",
+            "is_active",
+            "system_prompt",
+            "model",
+            "temperature",
+            "fallback_text",
+            "reply_in_groups",
+            "whatsapp_provider",
+        ]
+
+    def clean_model(self) -> str:
+        model = self.cleaned_data["model"]
+        if not re.fullmatch(MODEL_NAME_PATTERN, model):
+            raise forms.ValidationError(_("Use lower-case letters, digits, dots and hyphens, e.g. gemini-2.5-flash."))
+        return model
+
+    def clean_temperature(self) -> float:
+        temperature = self.cleaned_data["temperature"]
+        if not 0 <= temperature <= 2:
+            raise forms.ValidationError(_("The temperature goes from 0 to 2."))
+        return temperature
+
+    def clean_whatsapp_provider(self) -> str:
+        provider = self.cleaned_data["whatsapp_provider"]
+        # Existing simulator bots stay editable after the simulator is switched off.
+        changed = "whatsapp_provider" in self.changed_data
+        if changed and provider == Provider.SIMULATOR and not settings.WHATSAPP_SIMULATOR:
+            raise forms.ValidationError(_("The simulator is not enabled on this server."))
+        return provider
 
 
 class DeletedFilter(admin.SimpleListFilter):
@@ -23,6 +65,7 @@ class DeletedFilter(admin.SimpleListFilter):
 
 @admin.register(Bot)
 class BotAdmin(admin.ModelAdmin):
+    form = BotAdminForm
     list_display = ["name", "owner", "whatsapp_provider", "connection_status", "is_active", "model", "created_at"]
     list_filter = ["whatsapp_provider", "is_active", "session__status", DeletedFilter]
     search_fields = ["name", "owner__username", "session__phone", "id"]

@@ -46,7 +46,8 @@ class BotFields(Schema):
             raise ValueError("The simulator is not enabled on this server.")
         return value
 
-    def model_fields(self) -> dict:
+    # Not named model_fields: that would shadow pydantic's class attribute, which Ninja reads.
+    def changes(self) -> dict:
         """The provided fields as Bot model field names."""
         names = {
             "name": "name",
@@ -159,7 +160,7 @@ ERRORS = {400: Error, 401: Error, 404: Error, 413: Error, 415: Error}
 )
 def create_bot(request: HttpRequest):
     data = parse_body(request, BotCreate)
-    bot = Bot.objects.create(owner=request.auth, **data.model_fields())
+    bot = Bot.objects.create(owner=request.auth, **data.changes())
     if data.autoConnect:
         from whatsapp.control import request_connect
 
@@ -188,7 +189,7 @@ def read_bot(request: HttpRequest, bot_id: uuid.UUID):
 )
 def update_bot(request: HttpRequest, bot_id: uuid.UUID):
     bot = get_bot(request, bot_id)
-    changes = parse_body(request, BotPatch).model_fields()
+    changes = parse_body(request, BotPatch).changes()
     if changes:
         for field, value in changes.items():
             setattr(bot, field, value)

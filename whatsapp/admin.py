@@ -30,17 +30,27 @@ class SessionAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Every field is read-only: a Save button would save nothing.
+        return False
+
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
 
 @admin.register(SessionEvent)
 class SessionEventAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "session", "version", "event", "status", "detail"]
+    list_display = ["created_at", "bot", "version", "event", "status", "detail"]
     list_filter = ["event", "status"]
     search_fields = ["session__bot__name", "detail"]
     list_select_related = ["session__bot"]
     readonly_fields = ["session", "version", "event", "status", "detail", "frame", "created_at"]
+
+    # The bot's name, not the session's own string, which shows its current status
+    # beside the status of the event.
+    @admin.display(description=_("bot"), ordering="session__bot__name")
+    def bot(self, event: SessionEvent) -> str:
+        return event.session.bot.name
 
     def has_add_permission(self, request) -> bool:
         return False

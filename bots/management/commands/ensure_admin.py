@@ -1,7 +1,7 @@
 import secrets
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
@@ -15,12 +15,18 @@ class Command(BaseCommand):
         if User.objects.filter(is_superuser=True).exists():
             self.stdout.write("An admin account exists already; log in with it at http://127.0.0.1:8000/login/")
             return
+        if User.objects.filter(username=username).exists():
+            # Never promote an existing account: its owner would get the admin without asking.
+            raise CommandError(
+                f"A user named {username!r} exists and is not a superuser. "
+                "Choose another name with --username, or run: python manage.py createsuperuser"
+            )
         password = secrets.token_urlsafe(12)
         User.objects.create_superuser(username=username, email="", password=password)
         self.stdout.write(
             self.style.SUCCESS(
                 f"Created the admin account.\n  Log in at http://127.0.0.1:8000/login/\n"
                 f"  username: {username}\n  password: {password}\n"
-                "  (shown once; change it in the admin, or run: python manage.py changepassword admin)"
+                f"  (shown once; change it in the admin, or run: python manage.py changepassword {username})"
             )
         )
