@@ -114,3 +114,82 @@ class ConnectRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.bot_id} at {self.created_at}"
+
+
+# --- The simulator (DESIGN.md section 7): WhatsApp's servers and the phone, in the database ---
+
+
+class SimulatorDevice(models.Model):
+    """A simulated linked device: its auth state, as whatsmeow keeps a real one."""
+
+    bot = models.OneToOneField("bots.Bot", models.CASCADE, primary_key=True, related_name="simulator_device")
+    jid = models.CharField(max_length=128)
+    phone = models.CharField(max_length=20)
+    push_name = models.CharField(max_length=128, blank=True)
+    paired_at = models.DateTimeField(auto_now_add=True)
+    # The live connection of this device, if any: WhatsApp allows one per device.
+    connection_id = models.CharField(max_length=64, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.jid
+
+
+class SimulatorCommand(models.Model):
+    """Something the phone or the network does to a bot (scan, unlink, drop), acted on by its shard."""
+
+    class Kind(models.TextChoices):
+        SCAN = "scan"
+        UNLINK = "unlink"
+        DROP = "drop"
+
+    bot = models.ForeignKey("bots.Bot", models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["bot", "done_at"], name="sim_command_pending")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.bot_id}"
+
+
+class SimulatorInbound(models.Model):
+    """A message waiting on WhatsApp's servers for the bot, like its offline queue."""
+
+    bot = models.ForeignKey("bots.Bot", models.CASCADE, related_name="+")
+    wa_id = models.CharField(max_length=128)
+    chat = models.CharField(max_length=128)
+    sender = models.CharField(max_length=128)
+    push_name = models.CharField(max_length=128, blank=True)
+    from_me = models.BooleanField(default=False)
+    type = models.CharField(max_length=16, default="text")
+    text = models.TextField(blank=True)
+    mentions = models.JSONField(default=list)
+    timestamp = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["bot", "delivered_at"], name="sim_inbound_pending")]
+
+    def __str__(self) -> str:
+        return f"{self.wa_id} from {self.sender}"
+
+
+class SimulatorSent(models.Model):
+    """What the simulated network received from a bot; kept across restarts."""
+
+    bot = models.ForeignKey("bots.Bot", models.CASCADE, related_name="+")
+    wa_id = models.CharField(max_length=128, unique=True)
+    to = models.CharField(max_length=128)
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.wa_id} to {self.to}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -44,12 +45,14 @@ def record(
     *,
     fence: tuple[str, int] | None = None,
     detail: str = "",
+    publish: Callable[[uuid.UUID, dict], None] | None = None,
     **changes,
 ) -> Session:
     """Change a session's status and log it; ``fence`` is a shard's (owner, epoch).
 
     Raises ``Fenced`` when the shard lost the lease, ``Session.DoesNotExist``
-    when the bot is gone.
+    when the bot is gone. ``publish(bot_id, frame)`` runs after commit
+    (default: :func:`broadcast` through the channel layer).
     """
     with transaction.atomic():
         session = Session.objects.select_for_update().get(pk=bot_id)
@@ -74,7 +77,8 @@ def record(
         )
         if session.version % 50 == 0:
             SessionEvent.objects.filter(session_id=session.pk, version__lte=session.version - EVENT_LOG_SIZE).delete()
-        transaction.on_commit(lambda: broadcast(session.pk, frame))
+        send = publish or broadcast
+        transaction.on_commit(lambda: send(session.pk, frame))
     logger.info("bot %s: %s -> %s %s", bot_id, event, status, detail)
     return session
 

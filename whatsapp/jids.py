@@ -1,0 +1,45 @@
+"""Phone numbers and JIDs as the API takes them (DESIGN.md section 6).
+
+``to``, ``from`` and ``phone`` take digits (an optional leading ``+``) or a JID.
+Numbers are never rewritten: no country codes guessed, no digits dropped.
+"""
+
+from __future__ import annotations
+
+import re
+
+USER_SERVER = "s.whatsapp.net"
+GROUP_SERVER = "g.us"
+PHONE = re.compile(r"^\+?(\d{5,20})$")
+JID = re.compile(r"^(\d{5,20})(?::\d{1,3})?@s\.whatsapp\.net$")
+GROUP_JID = re.compile(r"^[\d-]{5,64}@g\.us$")
+
+
+def phone_digits(value: str) -> str:
+    """Digits of a phone number or user JID; ValueError otherwise."""
+    value = value.strip()
+    match = PHONE.match(value) or JID.match(value)
+    if not match:
+        raise ValueError(
+            "Expected a phone number in digits (an optional leading +) or a JID like 5511999999999@s.whatsapp.net."
+        )
+    return match.group(1)
+
+
+def user_jid(value: str) -> str:
+    return f"{phone_digits(value)}@{USER_SERVER}"
+
+
+def chat_jid(value: str) -> str:
+    """A user or group chat JID."""
+    value = value.strip()
+    if GROUP_JID.match(value):
+        return value
+    return user_jid(value)
+
+
+def group_jid(value: str) -> str:
+    value = value.strip()
+    if not GROUP_JID.match(value):
+        raise ValueError("Expected a group JID like 120363025246125888@g.us.")
+    return value

@@ -1,0 +1,95 @@
+"""Leases: exactly one host per bot (DESIGN.md invariant 3).
+
+Plain sync ORM functions, run on a shard's DB threads and called directly by
+tests. Times come from the database clock (``Now()``), never the host's.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q
+from django.db.models.functions import Now
+
+from bots.models import Bot
+from whatsapp.models import Session
+
+
+def _expires(ttl: float) -> ExpressionWrapper:
+    return ExpressionWrapper(Now() + datetime.timedelta(seconds=ttl), output_field=DateTimeField())
+
+
+def _free() -> Q:
+    return Q(lease_owner="") | Q(lease_expires_at__lt=Now())
+
+
+def candidates(providers: list[str], limit: int) -> list[uuid.UUID]:
+    """Bots that want a host and have none: connect wanted, or a logout/delete to carry out."""
+    if limit <= 0:
+        return []
+    rows = (
+        Session.objects.filter(_free())
+        .filter(Q(desired_connected=True) | Q(logout_requested=True))
+        .filter(Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=Now()))
+        .filter(bot__whatsapp_provider__in=providers)
+        .order_by(F("next_retry_at").asc(nulls_first=True), "updated_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    return list(rows)
+
+
+def claim(bot_id: uuid.UUID, owner: str, ttl: float) -> int | None:
+    """Take a free lease; returns the new epoch, or None when another shard holds it."""
+    taken = (
+        Session.objects.filter(_free(), pk=bot_id)
+        .filter(Q(desired_connected=True) | Q(logout_requested=True))
+        .update(lease_owner=owner, lease_expires_at=_expires(ttl), lease_epoch=F("lease_epoch") + 1)
+    )
+    if taken != 1:
+        return None
+    return Session.objects.filter(pk=bot_id, lease_owner=owner).values_list("lease_epoch", flat=True).first()
+
+
+def renew(owner: str, ttl: float) -> dict[uuid.UUID, int]:
+    """Extend all of a shard's leases in one UPDATE; returns the leases it still holds."""
+    Session.objects.filter(lease_owner=owner).update(lease_expires_at=_expires(ttl))
+    return dict(Session.objects.filter(lease_owner=owner).values_list("pk", "lease_epoch"))
+
+
+def release(bot_id: uuid.UUID, owner: str, epoch: int) -> bool:
+    return bool(
+        Session.objects.filter(pk=bot_id, lease_owner=owner, lease_epoch=epoch).update(
+            lease_owner="", lease_expires_at=None
+        )
+    )
+
+
+def release_all(owner: str) -> list[uuid.UUID]:
+    """Free every lease of a shard (it stopped or died); returns the bots it held."""
+    held = list(Session.objects.filter(lease_owner=owner).values_list("pk", flat=True))
+    Session.objects.filter(lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+    return held
+
+
+def hosted_rows(bot_ids: list[uuid.UUID]) -> list[dict]:
+    """What a shard reconciles its clients against, for the bots it hosts."""
+    return list(
+        Session.objects.filter(pk__in=bot_ids).values(
+            "pk",
+            "desired_connected",
+            "logout_requested",
+            "lease_owner",
+            "lease_epoch",
+            "status",
+            "jid",
+            "pairing_phone",
+            "failures",
+            "bot__whatsapp_provider",
+            "bot__deleted_at",
+        )
+    )
+
+
+def provider_of(bot_id: uuid.UUID) -> str:
+    return Bot.objects.filter(pk=bot_id).values_list("whatsapp_provider", flat=True).get()

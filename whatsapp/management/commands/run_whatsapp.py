@@ -1,0 +1,25 @@
+import logging
+
+from django.core.management.base import BaseCommand
+
+from whatsapp.pool import Supervisor, run_shard
+
+logger = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Host the WhatsApp clients: a supervisor and N shard processes (DESIGN.md section 2)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--shards", type=int, default=1, help="Shard processes to run (default 1).")
+        parser.add_argument("--shard", type=int, default=None, help="Run as shard K (started by the supervisor).")
+        parser.add_argument("--shard-id", default=None, help="Lease owner id for this shard process.")
+
+    def handle(self, shards: int, shard: int | None, shard_id: str | None, **options):
+        if shard is not None:
+            run_shard(shard_id)
+            return
+        if shards < 1:
+            self.stderr.write("--shards must be at least 1")
+            raise SystemExit(2)
+        Supervisor(shards).run()

@@ -1,0 +1,366 @@
+"""The simulator provider: WhatsApp's servers and the phone, kept in the database.
+
+The web only writes rows (commands, pending inbound messages); the shard that
+hosts a bot acts on them here. One ``SimulatorProvider`` per shard polls the
+rows of all its bots at once, so hosting hundreds of bots costs a few queries
+per tick, not a few per bot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import functools
+import logging
+import os
+import random
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent
+from whatsapp.providers.base import Device, Events, Inbound
+
+logger = logging.getLogger(__name__)
+
+# WhatsApp's QR schedule (whatsmeow qrchan.go): the first code lives 60 s, then 20 s each.
+QR_LIFETIMES = (60.0, 20.0, 20.0, 20.0, 20.0, 20.0)
+HEARTBEAT_SECONDS = 2.0
+# A connection seen this recently is alive: a second one for the same device is a stream replaced.
+LIVE_WINDOW_SECONDS = 6.0
+PAIRING_ALPHABET = "ABCDEFGHJKLMNPQRSTVWXYZ0123456789"
+
+Db = Callable[..., Awaitable[Any]]
+
+
+def qr_payload(keys: tuple[str, str, str]) -> str:
+    """A payload shaped like WhatsApp's: ``2@<ref>,<noise key>,<identity key>,<adv secret>``."""
+    ref = "2@" + base64.b64encode(os.urandom(36)).decode()
+    return ",".join((ref, *keys))
+
+
+def pairing_code() -> str:
+    code = "".join(secrets.choice(PAIRING_ALPHABET) for _ in range(8))
+    return f"{code[:4]}-{code[4:]}"
+
+
+def new_message_id() -> str:
+    return "3EB0" + secrets.token_hex(8).upper()
+
+
+# --- Database steps (sync; run on the shard's DB threads) -----------------------
+
+
+class StreamReplaced(Exception):
+    pass
+
+
+def _connect_device(bot_id: uuid.UUID, connection_id: str) -> SimulatorDevice | None:
+    """Open a connection for a paired device; None when there is no device (logged out)."""
+    with transaction.atomic():
+        device = SimulatorDevice.objects.select_for_update().filter(pk=bot_id).first()
+        if device is None:
+            return None
+        now = timezone.now()
+        if (
+            device.connection_id
+            and device.connection_id != connection_id
+            and device.last_seen
+            and (now - device.last_seen).total_seconds() < LIVE_WINDOW_SECONDS
+        ):
+            raise StreamReplaced(device.connection_id)
+        device.connection_id, device.last_seen = connection_id, now
+        device.save(update_fields=["connection_id", "last_seen"])
+        return device
+
+
+def _live_connection_age(bot_id: uuid.UUID, connection_id: str) -> float | None:
+    """Seconds since another live connection of this device was seen, if one may be live."""
+    device = SimulatorDevice.objects.filter(pk=bot_id).first()
+    if device is None or not device.connection_id or device.connection_id == connection_id or not device.last_seen:
+        return None
+    age = (timezone.now() - device.last_seen).total_seconds()
+    return age if age < LIVE_WINDOW_SECONDS else None
+
+
+def _pair(bot_id: uuid.UUID, connection_id: str, phone: str, push_name: str) -> SimulatorDevice:
+    jid = f"{phone}:{random.randint(2, 99)}@s.whatsapp.net"
+    device, _ = SimulatorDevice.objects.update_or_create(
+        bot_id=bot_id,
+        defaults={
+            "jid": jid,
+            "phone": phone,
+            "push_name": push_name,
+            "connection_id": connection_id,
+            "last_seen": timezone.now(),
+        },
+    )
+    return device
+
+
+def _release(connection_ids: list[str]) -> None:
+    SimulatorDevice.objects.filter(connection_id__in=connection_ids).update(connection_id="", last_seen=None)
+
+
+def _forget_device(bot_id: uuid.UUID) -> None:
+    SimulatorDevice.objects.filter(pk=bot_id).delete()
+
+
+def _heartbeat(connection_ids: list[str]) -> set[str]:
+    """Refresh our live connections; returns those still ours (others were replaced)."""
+    now = timezone.now()
+    SimulatorDevice.objects.filter(connection_id__in=connection_ids).update(last_seen=now)
+    return set(SimulatorDevice.objects.filter(connection_id__in=connection_ids).values_list("connection_id", flat=True))
+
+
+def _pending(bot_ids: list[uuid.UUID], connected: list[uuid.UUID], exclude_inbound: list[int]):
+    commands = list(SimulatorCommand.objects.filter(bot_id__in=bot_ids, done_at__isnull=True).order_by("id")[:500])
+    inbound = list(
+        SimulatorInbound.objects.filter(bot_id__in=connected, delivered_at__isnull=True)
+        .exclude(pk__in=exclude_inbound)
+        .order_by("id")[:500]
+    )
+    return commands, inbound
+
+
+def _done(command_ids: list[int]) -> None:
+    SimulatorCommand.objects.filter(pk__in=command_ids).update(done_at=timezone.now())
+
+
+def mark_delivered(inbound_id: int) -> None:
+    """Run inside the transaction that stores the message: delivered only once stored."""
+    SimulatorInbound.objects.filter(pk=inbound_id, delivered_at__isnull=True).update(delivered_at=timezone.now())
+
+
+def _send(bot_id: uuid.UUID, to: str, text: str, commit: Callable[[str], None] | None) -> str:
+    wa_id = new_message_id()
+    with transaction.atomic():
+        SimulatorSent.objects.create(bot_id=bot_id, wa_id=wa_id, to=to, text=text)
+        if commit is not None:
+            commit(wa_id)
+    return wa_id
+
+
+# --- Clients and the provider ----------------------------------------------------
+
+
+class SimulatorClient:
+    def __init__(self, provider: SimulatorProvider, device: Device, events: Events) -> None:
+        self.provider = provider
+        self.bot_id = device.bot_id
+        self.stored_jid = device.jid
+        self.pairing_phone = device.pairing_phone
+        self.events = events
+        self.connection_id = f"sim-{uuid.uuid4().hex}"
+        self.keys = tuple(base64.b64encode(os.urandom(32)).decode() for _ in range(3))
+        self.connected = False
+        self.showing_qr = False
+        self.pairing_code = ""
+        self.valid_codes: list[str] = []
+        self.in_flight: set[int] = set()
+        self._qr_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.provider.clients[self.bot_id] = self
+        db = self.provider.db
+        age = await db(_live_connection_age, self.bot_id, self.connection_id)
+        if age is not None:
+            # Another connection was alive moments ago (its host just died, or is still up):
+            # wait until it would count as gone; if it is still alive then, WhatsApp replaces it.
+            await asyncio.sleep(LIVE_WINDOW_SECONDS - age + 0.5)
+        try:
+            device = await db(_connect_device, self.bot_id, self.connection_id)
+        except StreamReplaced:
+            self.events.failed(self.bot_id, "stream_replaced")
+            return
+        if device is not None:
+            self.connected = True
+            self.events.connected(self.bot_id)
+        elif self.stored_jid:
+            # The phone removed this device while we were away.
+            self.events.logged_out(self.bot_id, "device removed from the phone")
+        else:
+            self.showing_qr = True
+            self._qr_task = asyncio.create_task(self._show_qr_codes())
+
+    async def _show_qr_codes(self) -> None:
+        if self.pairing_phone:
+            self.pairing_code = pairing_code()
+        for lifetime in QR_LIFETIMES:
+            payload = qr_payload(self.keys)
+            # The code being shown, and the one before it for a scan already under way.
+            self.valid_codes = [payload, *self.valid_codes[:1]]
+            self.events.qr(self.bot_id, payload, lifetime, self.pairing_code)
+            await asyncio.sleep(lifetime)
+        self.showing_qr = False
+        self.events.disconnected(self.bot_id, "qr_timeout")
+
+    def _cancel_qr(self) -> None:
+        self.showing_qr = False
+        if self._qr_task is not None:
+            self._qr_task.cancel()
+            self._qr_task = None
+
+    async def stop(self) -> None:
+        self._cancel_qr()
+        self.provider.clients.pop(self.bot_id, None)
+        if self.connected:
+            self.connected = False
+            await self.provider.db(_release, [self.connection_id])
+
+    async def logout(self) -> None:
+        await self.stop()
+        await self.provider.db(_forget_device, self.bot_id)
+
+    async def send_text(self, to: str, text: str, commit: Callable[[str], None] | None = None) -> str:
+        if not self.connected:
+            raise ConnectionError("not connected")
+        return await self.provider.db(_send, self.bot_id, to, text, commit)
+
+    # Called by the provider's tick, on the loop.
+
+    async def scan(self, data: dict) -> None:
+        if not self.showing_qr:
+            return
+        if data.get("code") and data["code"] != self.pairing_code:
+            return
+        if data.get("qr") and data["qr"] not in self.valid_codes:
+            return
+        self._cancel_qr()
+        phone = data.get("phone") or "55119" + "".join(random.choices("0123456789", k=8))
+        push_name = data.get("pushName") or ""
+        device = await self.provider.db(_pair, self.bot_id, self.connection_id, phone, push_name)
+        self.stored_jid = device.jid
+        self.connected = True
+        self.events.paired(self.bot_id, device.jid, device.phone, device.push_name)
+        self.events.connected(self.bot_id)
+
+    async def unlink(self) -> None:
+        await self.provider.db(_forget_device, self.bot_id)
+        if self.connected:
+            self.connected = False
+            self.events.logged_out(self.bot_id, "unlinked from the phone")
+
+    async def drop(self) -> None:
+        if self.connected:
+            # The server closed the socket: the connection is gone on its side too.
+            self.connected = False
+            self.in_flight.clear()
+            await self.provider.db(_release, [self.connection_id])
+            self.events.disconnected(self.bot_id, "network dropped")
+
+    def replaced(self) -> None:
+        if self.connected:
+            self.connected = False
+            self.events.failed(self.bot_id, "stream_replaced")
+
+
+class SimulatorProvider:
+    name = "simulator"
+
+    def __init__(self, db: Db, *, poll_interval: float = 0.5) -> None:
+        self.db = db
+        self.poll_interval = poll_interval
+        self.clients: dict[uuid.UUID, SimulatorClient] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._last_heartbeat = 0.0
+
+    async def open(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="simulator")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for client in list(self.clients.values()):
+            await client.stop()
+
+    def client(self, device: Device, events: Events) -> SimulatorClient:
+        return SimulatorClient(self, device, events)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def acknowledger(self, inbound_id: int) -> Callable[[], None]:
+        """What the shard runs inside the transaction that stores the message."""
+        return functools.partial(mark_delivered, inbound_id)
+
+    def delivered(self, bot_id: uuid.UUID, inbound_id: int) -> None:
+        """The shard stored an inbound message (or gave up on it): it may be fetched again if not marked."""
+        client = self.clients.get(bot_id)
+        if client is not None:
+            client.in_flight.discard(inbound_id)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("simulator tick failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        if not self.clients:
+            return
+        if loop.time() - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            self._last_heartbeat = loop.time()
+            live = {c.connection_id: c for c in self.clients.values() if c.connected}
+            if live:
+                still_ours = await self.db(_heartbeat, list(live))
+                for connection_id, client in live.items():
+                    if connection_id not in still_ours:
+                        client.replaced()
+        connected = [bot_id for bot_id, c in self.clients.items() if c.connected]
+        in_flight = [pk for c in self.clients.values() for pk in c.in_flight]
+        commands, inbound = await self.db(_pending, list(self.clients), connected, in_flight)
+        done = []
+        for command in commands:
+            client = self.clients.get(command.bot_id)
+            if client is None:
+                continue
+            done.append(command.pk)
+            if command.kind == SimulatorCommand.Kind.SCAN:
+                await client.scan(command.data)
+            elif command.kind == SimulatorCommand.Kind.UNLINK:
+                await client.unlink()
+            elif command.kind == SimulatorCommand.Kind.DROP:
+                await client.drop()
+        if done:
+            await self.db(_done, done)
+        for row in inbound:
+            client = self.clients.get(row.bot_id)
+            if client is None or not client.connected:
+                continue
+            client.in_flight.add(row.pk)
+            message = Inbound(
+                wa_id=row.wa_id,
+                chat=row.chat,
+                sender=row.sender,
+                text=row.text,
+                type=row.type,
+                push_name=row.push_name,
+                from_me=row.from_me,
+                is_group=row.chat.endswith("@g.us"),
+                mentions=tuple(row.mentions),
+                timestamp=row.timestamp,
+            )
+            client.events.message(row.bot_id, message, row.pk)
+
+
+def timestamp_from_ms(value: int | None) -> datetime.datetime:
+    if value is None:
+        return timezone.now()
+    return datetime.datetime.fromtimestamp(value / 1000, tz=datetime.UTC)

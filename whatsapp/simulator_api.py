@@ -1,0 +1,184 @@
+"""The simulator's endpoints (DESIGN.md section 7): the phone and the network, driven over HTTP.
+
+They exist only while the simulator is enabled and only for simulator bots.
+The web only writes rows; the shard hosting the bot acts on them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Annotated, Literal
+
+from django.conf import settings
+from django.http import HttpRequest
+from ninja import Router, Schema
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, model_validator
+
+from botplatform.api import ApiError, parse_body
+from bots.api import ERRORS, Error, get_bot, json_body
+from bots.models import Bot, Provider
+from whatsapp import jids
+from whatsapp.control import nudge_shards
+from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent, Status, rfc3339
+from whatsapp.providers.simulator import new_message_id
+
+router = Router(tags=["simulator"])
+
+Phone = Annotated[str, AfterValidator(jids.phone_digits)]
+UserJid = Annotated[str, AfterValidator(jids.user_jid)]
+GroupJid = Annotated[str, AfterValidator(jids.group_jid)]
+
+
+class Scan(Schema):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    phone: Phone | None = None
+    pushName: Annotated[str, StringConstraints(max_length=128)] | None = None
+    code: Annotated[str, StringConstraints(strip_whitespace=True, to_upper=True, max_length=9)] | None = None
+    # What the phone's camera read from the QR image: it pairs only if it is a code the bot is showing.
+    qr: Annotated[str, StringConstraints(max_length=512)] | None = None
+
+
+class InboundIn(Schema):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    from_: UserJid = Field(alias="from")
+    text: Annotated[str, StringConstraints(max_length=65536)] = ""
+    id: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")] | None = None
+    pushName: Annotated[str, StringConstraints(max_length=128)] = ""
+    fromMe: bool = False
+    chat: GroupJid | None = None
+    mentions: list[UserJid] = Field(default_factory=list, max_length=256)
+    type: Literal["text", "image", "audio", "sticker"] = "text"
+    timestamp: Annotated[int, Field(ge=0, le=10**14)] | None = None
+
+    @model_validator(mode="after")
+    def text_for_text(self):
+        if self.type == "text" and not self.text:
+            raise ValueError("A text message needs a text.")
+        return self
+
+
+class Accepted(Schema):
+    id: str | None = None
+
+
+class SentItem(Schema):
+    id: str
+    to: str
+    text: str
+    at: str
+
+
+class SentList(Schema):
+    sent: list[SentItem]
+
+
+def simulator_bot(request: HttpRequest, bot_id: uuid.UUID) -> Bot:
+    bot = get_bot(request, bot_id)
+    if not settings.WHATSAPP_SIMULATOR or bot.whatsapp_provider != Provider.SIMULATOR:
+        raise ApiError(404, "not_found", "No such simulator bot.")
+    return bot
+
+
+def command(bot: Bot, kind: str, data: dict | None = None) -> None:
+    SimulatorCommand.objects.create(bot=bot, kind=kind, data=data or {})
+    nudge_shards()
+
+
+SIM_ERRORS = {**ERRORS, 409: Error}
+# Documented in the OpenAPI document only while the simulator is enabled.
+SHOWN = settings.WHATSAPP_SIMULATOR
+
+
+@router.post(
+    "/{uuid:bot_id}/simulator/scan",
+    response={202: Accepted, **SIM_ERRORS},
+    openapi_extra=json_body(Scan),
+    summary="The phone scans the QR code (or enters the pairing code)",
+    exclude_none=True,
+    include_in_schema=SHOWN,
+)
+def scan(request: HttpRequest, bot_id: uuid.UUID):
+    bot = simulator_bot(request, bot_id)
+    data = parse_body(request, Scan, optional=True)
+    session = bot.session
+    if session.status != Status.QR_REQUIRED or not (session.qr_code or session.pairing_code):
+        raise ApiError(409, "no_qr", "No QR code or pairing code is showing for this bot.")
+    if data.code is not None and data.code != session.pairing_code:
+        raise ApiError(409, "wrong_code", "That is not the pairing code this bot is showing.")
+    command(bot, SimulatorCommand.Kind.SCAN, data.model_dump(exclude_none=True))
+    return 202, {}
+
+
+@router.post(
+    "/{uuid:bot_id}/simulator/inbound",
+    response={202: Accepted, **ERRORS},
+    openapi_extra=json_body(InboundIn),
+    summary="Someone sends the bot a message",
+    include_in_schema=SHOWN,
+)
+def inbound(request: HttpRequest, bot_id: uuid.UUID):
+    bot = simulator_bot(request, bot_id)
+    data = parse_body(request, InboundIn)
+    wa_id = data.id or new_message_id()
+    timestamp = (
+        datetime.datetime.fromtimestamp(data.timestamp / 1000, tz=datetime.UTC)
+        if data.timestamp is not None
+        else datetime.datetime.now(tz=datetime.UTC)
+    )
+    SimulatorInbound.objects.create(
+        bot=bot,
+        wa_id=wa_id,
+        chat=data.chat or data.from_,
+        sender=data.from_,
+        push_name=data.pushName,
+        from_me=data.fromMe,
+        type=data.type,
+        text=data.text,
+        mentions=data.mentions,
+        timestamp=timestamp,
+    )
+    nudge_shards()
+    return 202, {"id": wa_id}
+
+
+@router.post(
+    "/{uuid:bot_id}/simulator/unlink",
+    response={202: Accepted, **SIM_ERRORS},
+    summary="The phone removes the linked device",
+    exclude_none=True,
+    include_in_schema=SHOWN,
+)
+def unlink(request: HttpRequest, bot_id: uuid.UUID):
+    bot = simulator_bot(request, bot_id)
+    if not SimulatorDevice.objects.filter(pk=bot.pk).exists():
+        raise ApiError(409, "not_paired", "This bot has no linked device.")
+    command(bot, SimulatorCommand.Kind.UNLINK)
+    return 202, {}
+
+
+@router.post(
+    "/{uuid:bot_id}/simulator/drop",
+    response={202: Accepted, **SIM_ERRORS},
+    summary="The network drops the bot's connection",
+    exclude_none=True,
+    include_in_schema=SHOWN,
+)
+def drop(request: HttpRequest, bot_id: uuid.UUID):
+    bot = simulator_bot(request, bot_id)
+    if bot.session.status != Status.CONNECTED:
+        raise ApiError(409, "not_connected", "This bot is not connected.")
+    command(bot, SimulatorCommand.Kind.DROP)
+    return 202, {}
+
+
+@router.get(
+    "/{uuid:bot_id}/simulator/sent",
+    response={200: SentList, **ERRORS},
+    summary="What the simulated network received from the bot",
+    include_in_schema=SHOWN,
+)
+def sent(request: HttpRequest, bot_id: uuid.UUID):
+    bot = simulator_bot(request, bot_id)
+    rows = SimulatorSent.objects.filter(bot=bot).order_by("id")
+    return {"sent": [{"id": r.wa_id, "to": r.to, "text": r.text, "at": rfc3339(r.created_at)} for r in rows]}
