@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from ninja import Router, Schema
+from ninja import Router, Schema, Status
 from pydantic import ConfigDict, Field, StringConstraints, field_validator
 
 from botplatform.api import ApiError, parse_body
@@ -166,7 +166,7 @@ def create_bot(request: HttpRequest):
 
         request_connect(bot, request.auth, autoconnect=True)
         bot.session.refresh_from_db()
-    return 201, bot_payload(bot)
+    return Status(201, bot_payload(bot))
 
 
 @router.get("", response={200: BotList, 401: Error}, summary="List your bots", exclude_none=True)

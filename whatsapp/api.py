@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection
 from django.http import HttpRequest
 from ninja import Router, Schema
+from ninja import Status as Answer
 from pydantic import AfterValidator, ConfigDict
 
 from botplatform.api import ApiError, parse_body
@@ -22,6 +23,9 @@ router = Router(tags=["whatsapp"])
 # How long connect-whatsapp and pair-phone wait for the first QR or pairing code.
 CONNECT_WAIT_SECONDS = 5.0
 POLL_SECONDS = 0.1
+# No QR or code comes from these without another request (a paired device that
+# reconnected needs none), so the wait ends there rather than at its deadline.
+SETTLED = frozenset({Status.CONNECTED, Status.FAILED, Status.LOGGED_OUT, Status.QR_TIMEOUT, Status.DISCONNECTED})
 
 Phone = Annotated[str, AfterValidator(jids.phone_digits)]
 
@@ -63,11 +67,11 @@ async def _wait_for(bot_id: uuid.UUID, ready) -> tuple[int, dict]:
     deadline = loop.time() + CONNECT_WAIT_SECONDS
     payload = await sync_to_async(_status)(bot_id)
     while not ready(payload) and loop.time() < deadline:
-        if payload["status"] in (Status.FAILED, Status.LOGGED_OUT, Status.QR_TIMEOUT, Status.DISCONNECTED):
+        if payload["status"] in SETTLED:
             break
         await asyncio.sleep(POLL_SECONDS)
         payload = await sync_to_async(_status)(bot_id)
-    return (200 if ready(payload) else 202), payload
+    return Answer(200 if ready(payload) else 202, payload)
 
 
 CONNECT_ERRORS = {**ERRORS, 409: Error, 429: Error}
@@ -83,7 +87,7 @@ async def connect_whatsapp(request: HttpRequest, bot_id: uuid.UUID):
     """Already showing a QR or connected: the state at once. Else waits up to 5 s for a QR (200), or 202."""
     immediate, _ = await sync_to_async(_connect)(request, bot_id, False)
     if immediate is not None:
-        return 200, immediate
+        return Answer(200, immediate)
     return await _wait_for(bot_id, lambda p: p["status"] in (Status.QR_REQUIRED, Status.CONNECTED))
 
 
@@ -120,7 +124,7 @@ def whatsapp_status(request: HttpRequest, bot_id: uuid.UUID):
     exclude_none=True,
 )
 def disconnect_whatsapp(request: HttpRequest, bot_id: uuid.UUID):
-    return 202, control.request_disconnect(get_bot(request, bot_id)).status_payload()
+    return Answer(202, control.request_disconnect(get_bot(request, bot_id)).status_payload())
 
 
 @router.post(
@@ -130,4 +134,4 @@ def disconnect_whatsapp(request: HttpRequest, bot_id: uuid.UUID):
     exclude_none=True,
 )
 def logout_whatsapp(request: HttpRequest, bot_id: uuid.UUID):
-    return 202, control.request_logout(get_bot(request, bot_id)).status_payload()
+    return Answer(202, control.request_logout(get_bot(request, bot_id)).status_payload())

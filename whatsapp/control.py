@@ -13,6 +13,7 @@ import math
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
@@ -57,10 +58,23 @@ def check_rate(bot: Bot, user) -> None:
             raise RateLimited(max(1, math.ceil((oldest_at - since).total_seconds())))
 
 
+def lock_rate_counts(bot: Bot, user) -> None:
+    """Make concurrent connect requests count each other, in a transaction.
+
+    Otherwise a burst of requests all count the rows from before any of them and all
+    pass (PostgreSQL; SQLite's immediate transactions already run one at a time).
+    The user's row covers the per-user limit and the bot's session row the per-bot
+    one; always in this order, so two requests never wait for each other in a cycle.
+    """
+    list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True))
+    list(Session.objects.select_for_update().filter(pk=bot.pk).values_list("pk", flat=True))
+
+
 def request_connect(bot: Bot, user, *, autoconnect: bool = False, pairing_phone: str = "") -> Session:
     """A connect request (API, page, admin, autoConnect): desired on, failures reset, `connecting`."""
     try:
         with transaction.atomic():
+            lock_rate_counts(bot, user)
             check_rate(bot, user)
             ConnectRequest.objects.create(bot=bot, user=user)
             Session.objects.filter(pk=bot.pk).update(

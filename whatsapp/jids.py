@@ -10,9 +10,12 @@ import re
 
 USER_SERVER = "s.whatsapp.net"
 GROUP_SERVER = "g.us"
-PHONE = re.compile(r"^\+?(\d{5,20})$")
-JID = re.compile(r"^(\d{5,20})(?::\d{1,3})?@s\.whatsapp\.net$")
-GROUP_JID = re.compile(r"^[\d-]{5,64}@g\.us$")
+# [0-9], not \d: \d also matches other scripts' digits (Arabic-Indic, fullwidth...),
+# which are no WhatsApp number. A group id is digits, or the creator's number, a dash
+# and the creation time (the older form).
+PHONE = re.compile(r"^\+?([0-9]{5,20})$")
+JID = re.compile(r"^([0-9]{5,20})(?::[0-9]{1,3})?@s\.whatsapp\.net$")
+GROUP_JID = re.compile(r"^[0-9]{5,32}(?:-[0-9]{5,20})?@g\.us$")
 
 
 def phone_digits(value: str) -> str:

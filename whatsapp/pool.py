@@ -42,14 +42,15 @@ from whatsapp.qr import png_data_url
 logger = logging.getLogger(__name__)
 
 MAX_FAILURES = 8
-BACKOFF_BASE = 2.0
-BACKOFF_CAP = 60.0
 STOP_TIMEOUT = 10.0
+# A shard that exits with this code asked to be replaced (see check_recycle): restart it at once.
+RECYCLE_EXIT_CODE = 75
 
 
 def backoff_delay(failures: int) -> float:
     """2 s doubling to 60 s, full jitter (DESIGN.md section 5)."""
-    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1)))
+    base, cap = settings.WHATSAPP_BACKOFF_BASE, settings.WHATSAPP_BACKOFF_CAP
+    return random.uniform(0, min(cap, base * 2 ** max(0, failures - 1)))
 
 
 def new_shard_id(index: int = 0) -> str:
@@ -136,6 +137,9 @@ class Shard:
         self.frames: asyncio.Queue | None = None
         self.last_renewal = 0.0
         self.last_renewal_ok = 0.0
+        self.recycling = False
+        # Held while one event is handled, and while stop_all stops one bot: their writes never interleave.
+        self.handling = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
 
     # --- plumbing ---------------------------------------------------------------
@@ -211,9 +215,19 @@ class Shard:
             await self.claim_bots()
             await self.start_due_retries()
             self.expire_qr_codes_soon()
+            self.check_recycle()
         except DatabaseError:
             logger.exception("shard %s: database error; retrying", self.shard_id)
             await self.check_lease_deadline()
+
+    def check_recycle(self) -> None:
+        """A provider that leaks per connect attempt asks for a fresh process: drain and exit."""
+        for provider in self.providers.values():
+            should_recycle = getattr(provider, "should_recycle", None)
+            if should_recycle is not None and should_recycle() and not self.shutdown:
+                logger.warning("shard %s: recycling after %s connect attempts", self.shard_id, provider.attempts)
+                self.recycling = True
+                self.shutdown = True
 
     # --- leases -----------------------------------------------------------------
 
@@ -236,16 +250,26 @@ class Shard:
             for bot_id in list(self.hosted):
                 await self.drop(bot_id)
 
+    def room_for(self, provider: str) -> int:
+        """How many more bots of this provider the shard takes (neonize has a capacity of its own)."""
+        limit = settings.WHATSAPP_NEONIZE_CAPACITY if provider == "neonize" else self.capacity
+        used = sum(1 for hosted in self.hosted.values() if hosted.provider == provider)
+        return min(limit - used, self.capacity - len(self.hosted))
+
     async def claim_bots(self) -> None:
-        free = self.capacity - len(self.hosted)
-        ids = await self.db(leases.candidates, list(self.providers), free)
+        kinds = [name for name in self.providers if self.room_for(name) > 0]
+        if not kinds:
+            return
+        ids = await self.db(leases.candidates, kinds, self.capacity - len(self.hosted))
         for bot_id in ids:
             if self.shutdown or bot_id in self.hosted:
+                continue
+            provider = await self.db(leases.provider_of, bot_id)
+            if self.room_for(provider) <= 0:
                 continue
             epoch = await self.db(leases.claim, bot_id, self.shard_id, self.ttl)
             if epoch is None:
                 continue
-            provider = await self.db(leases.provider_of, bot_id)
             self.hosted[bot_id] = Hosted(bot_id=bot_id, provider=provider, epoch=epoch)
         # The new bots are started by reconcile on its next pass (it reads their rows).
         if ids:
@@ -392,14 +416,15 @@ class Shard:
     async def handle_events(self) -> None:
         while True:
             kind, bot_id, *args = await self.queue.get()
-            hosted = self.hosted.get(bot_id)
-            try:
-                if kind == "message":
-                    await self.on_message(bot_id, hosted, *args)
-                elif hosted is not None:
-                    await getattr(self, f"on_{kind}")(hosted, *args)
-            except Exception:
-                logger.exception("bot %s: handling %s failed", bot_id, kind)
+            async with self.handling:
+                hosted = self.hosted.get(bot_id)
+                try:
+                    if kind == "message":
+                        await self.on_message(bot_id, hosted, *args)
+                    elif hosted is not None:
+                        await getattr(self, f"on_{kind}")(hosted, *args)
+                except Exception:
+                    logger.exception("bot %s: handling %s failed", bot_id, kind)
 
     async def on_qr(self, hosted: Hosted, payload: str, expires_in: float, pairing_code: str) -> None:
         if hosted.phase not in ("starting", "qr"):
@@ -495,12 +520,16 @@ class Shard:
     async def stop_all(self) -> None:
         """Stop every client, record `disconnected` ("worker stopped"), release the leases."""
         for hosted in list(self.hosted.values()):
-            try:
-                await self.stop_client(hosted)
-                await self.record(hosted, "disconnected", Status.DISCONNECTED, last_error="worker stopped")
-                await self.release(hosted)
-            except Exception:
-                logger.exception("bot %s: clean stop failed", hosted.bot_id)
+            # Not while an event is being handled: its write for this bot could land after "worker stopped".
+            async with self.handling:
+                if self.hosted.get(hosted.bot_id) is not hosted:
+                    continue  # an event ended it meanwhile (and released it); later ones are ignored
+                try:
+                    await self.stop_client(hosted)
+                    await self.record(hosted, "disconnected", Status.DISCONNECTED, last_error="worker stopped")
+                    await self.release(hosted)
+                except Exception:
+                    logger.exception("bot %s: clean stop failed", hosted.bot_id)
         for provider in self.providers.values():
             try:
                 await asyncio.wait_for(provider.close(), STOP_TIMEOUT)
@@ -523,9 +552,13 @@ class Shard:
 
 
 def default_providers(shard: Shard) -> dict[str, Provider]:
+    # Importing this module does not import neonize: that happens in open(), in the shard only.
+    from whatsapp.providers.neonize import NeonizeProvider
     from whatsapp.providers.simulator import SimulatorProvider
 
-    providers: dict[str, Provider] = {}
+    providers: dict[str, Provider] = {
+        "neonize": NeonizeProvider(shard.db, recycle_after=settings.WHATSAPP_RECYCLE_AFTER)
+    }
     if settings.WHATSAPP_SIMULATOR:
         providers["simulator"] = SimulatorProvider(shard.db, poll_interval=shard.poll_interval)
     return providers
@@ -541,6 +574,13 @@ def run_shard(shard_id: str | None) -> None:
         await shard.run()
 
     asyncio.run(main())
+    code = RECYCLE_EXIT_CODE if shard.recycling else 0
+    if "neonize" in sys.modules:
+        # neonize leaves non-daemon threads behind, and a Go dial can block for a minute:
+        # the clients are stopped and the leases released, so leave now.
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
 
 
 # --- The supervisor -----------------------------------------------------------------
@@ -597,6 +637,9 @@ class Supervisor:
             logger.exception("supervisor: could not release the leases of %s", child.shard_id)
             connection.close()
         lived = time.monotonic() - child.started_at
+        if code == RECYCLE_EXIT_CODE:
+            child.crashes, child.restart_at, child.process = 0, 0.0, None
+            return
         child.crashes = 0 if lived > 60 else child.crashes + 1
         child.restart_at = time.monotonic() + min(30.0, 0.5 * 2**child.crashes) if child.crashes else 0.0
         child.process = None

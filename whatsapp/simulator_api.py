@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 from django.conf import settings
 from django.http import HttpRequest
 from ninja import Router, Schema
-from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, model_validator
+from ninja import Status as Answer
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from botplatform.api import ApiError, parse_body
 from bots.api import ERRORS, Error, get_bot, json_body
@@ -42,20 +43,23 @@ class Scan(Schema):
 class InboundIn(Schema):
     model_config = ConfigDict(extra="forbid", strict=True)
     from_: UserJid = Field(alias="from")
-    text: Annotated[str, StringConstraints(max_length=65536)] = ""
+    # Before `text`, whose validator reads it: an error then names the field `text`.
+    type: Literal["text", "image", "audio", "sticker"] = "text"
+    text: Annotated[str, StringConstraints(max_length=65536)] = Field("", validate_default=True)
     id: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")] | None = None
     pushName: Annotated[str, StringConstraints(max_length=128)] = ""
     fromMe: bool = False
     chat: GroupJid | None = None
     mentions: list[UserJid] = Field(default_factory=list, max_length=256)
-    type: Literal["text", "image", "audio", "sticker"] = "text"
     timestamp: Annotated[int, Field(ge=0, le=10**14)] | None = None
 
-    @model_validator(mode="after")
-    def text_for_text(self):
-        if self.type == "text" and not self.text:
+    @field_validator("text")
+    @classmethod
+    def text_for_text(cls, text: str, info: ValidationInfo) -> str:
+        # An invalid `type` is not in info.data: that error alone is reported.
+        if info.data.get("type") == "text" and not text:
             raise ValueError("A text message needs a text.")
-        return self
+        return text
 
 
 class Accepted(Schema):
@@ -80,6 +84,13 @@ def simulator_bot(request: HttpRequest, bot_id: uuid.UUID) -> Bot:
     return bot
 
 
+def optional_json_body(schema: type[Schema]) -> dict:
+    """Like json_body, for a body a client may leave out."""
+    extra = json_body(schema)
+    extra["requestBody"]["required"] = False
+    return extra
+
+
 def command(bot: Bot, kind: str, data: dict | None = None) -> None:
     SimulatorCommand.objects.create(bot=bot, kind=kind, data=data or {})
     nudge_shards()
@@ -93,7 +104,7 @@ SHOWN = settings.WHATSAPP_SIMULATOR
 @router.post(
     "/{uuid:bot_id}/simulator/scan",
     response={202: Accepted, **SIM_ERRORS},
-    openapi_extra=json_body(Scan),
+    openapi_extra=optional_json_body(Scan),
     summary="The phone scans the QR code (or enters the pairing code)",
     exclude_none=True,
     include_in_schema=SHOWN,
@@ -107,7 +118,7 @@ def scan(request: HttpRequest, bot_id: uuid.UUID):
     if data.code is not None and data.code != session.pairing_code:
         raise ApiError(409, "wrong_code", "That is not the pairing code this bot is showing.")
     command(bot, SimulatorCommand.Kind.SCAN, data.model_dump(exclude_none=True))
-    return 202, {}
+    return Answer(202, {})
 
 
 @router.post(
@@ -139,7 +150,7 @@ def inbound(request: HttpRequest, bot_id: uuid.UUID):
         timestamp=timestamp,
     )
     nudge_shards()
-    return 202, {"id": wa_id}
+    return Answer(202, {"id": wa_id})
 
 
 @router.post(
@@ -154,7 +165,7 @@ def unlink(request: HttpRequest, bot_id: uuid.UUID):
     if not SimulatorDevice.objects.filter(pk=bot.pk).exists():
         raise ApiError(409, "not_paired", "This bot has no linked device.")
     command(bot, SimulatorCommand.Kind.UNLINK)
-    return 202, {}
+    return Answer(202, {})
 
 
 @router.post(
@@ -169,7 +180,7 @@ def drop(request: HttpRequest, bot_id: uuid.UUID):
     if bot.session.status != Status.CONNECTED:
         raise ApiError(409, "not_connected", "This bot is not connected.")
     command(bot, SimulatorCommand.Kind.DROP)
-    return 202, {}
+    return Answer(202, {})
 
 
 @router.get(

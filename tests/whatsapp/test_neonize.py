@@ -1,0 +1,314 @@
+"""The neonize provider, offline, with the real library (WhatsApp's servers are unreachable here).
+
+Handlers are fed neonize's own protobuf event objects; shards run as real
+processes against whatsmeow stores on SQLite and PostgreSQL, and must stay up
+whatever the library does.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from bots.models import Message, MessageStatus
+from tests.conftest import make_bot
+from tests.processes import pid_of, start_pool, wait_until
+from tests.whatsapp.live import decode_qr
+from tests.whatsapp.test_pool import orm, shards, step_until  # noqa: F401 - the shards fixture
+from whatsapp.models import Session, SessionEvent, Status
+from whatsapp.providers.neonize import Handlers, inbound_from, store_dsn, with_sslmode
+from whatsapp.qr import png_data_url
+
+neonize_events = pytest.importorskip("neonize.events")
+from neonize.proto import Neonize_pb2 as proto  # noqa: E402
+from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import ContextInfo, ExtendedTextMessage  # noqa: E402
+from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message as WAMessage  # noqa: E402
+
+PHONE = "5511987654321"
+CUSTOMER = "5511955554444"
+
+
+class Recorder:
+    """Events as the provider interface receives them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, *args))
+
+
+def jid(user: str, device: int = 0, server: str = "s.whatsapp.net"):
+    return proto.JID(User=user, Device=device, Server=server, RawAgent=0, Integrator=0, IsEmpty=False)
+
+
+def text_event(text: str, *, from_me: bool = False, wa_id: str = "3EB0AAA", group: bool = False, mentions=()):
+    chat = jid("120363025246125888", server="g.us") if group else jid(CUSTOMER)
+    message = WAMessage(
+        extendedTextMessage=ExtendedTextMessage(text=text, contextInfo=ContextInfo(mentionedJID=list(mentions)))
+    )
+    source = proto.MessageSource(Chat=chat, Sender=jid(CUSTOMER, 3), IsFromMe=from_me, IsGroup=group)
+    info = proto.MessageInfo(MessageSource=source, ID=wa_id, Pushname="Cliente", Timestamp=1_790_000_000_000)
+    return neonize_events.MessageEv(Info=info, Message=message)
+
+
+class HandlersOnly:
+    """A provider whose clients never dial: the test feeds the shard neonize's events itself."""
+
+    name = "neonize"
+
+    async def open(self):
+        pass
+
+    async def close(self):
+        pass
+
+    def client(self, device, events):
+        return self
+
+    async def start(self):
+        pass
+
+    async def stop(self):
+        pass
+
+    async def logout(self):
+        pass
+
+
+def test_it_turns_neonize_events_into_provider_events():
+    bot_id = uuid.uuid4()
+    events = Recorder()
+    handlers = Handlers(bot_id, events, lambda: None, None)
+    payload = "2@" + "A" * 30 + "," + ",".join(["B" * 44] * 3)
+
+    handlers.qr(None, payload.encode())
+    handlers.qr(None, payload.replace("A", "C").encode())
+    assert events.calls[0] == ("qr", bot_id, payload, 60.0, "")
+    assert events.calls[1][3] == 20.0, "codes after the first live 20 s"
+    assert decode_qr(png_data_url(payload)) == payload
+
+    handlers.pair_status(
+        None,
+        neonize_events.PairStatusEv(
+            ID=jid(PHONE, 12), BusinessName="Padaria", Status=neonize_events.PairStatusEv.SUCCESS
+        ),
+    )
+    assert events.calls[2] == ("paired", bot_id, f"{PHONE}:12@s.whatsapp.net", PHONE, "Padaria")
+    handlers.connected(None, neonize_events.ConnectedEv())
+    handlers.logged_out(None, neonize_events.LoggedOutEv(OnConnect=False))
+    handlers.stream_replaced(None, neonize_events.StreamReplacedEv())
+    handlers.temporary_ban(
+        None, neonize_events.TemporaryBanEv(Code=neonize_events.TemporaryBanEv.BLOCKED_BY_USERS, Expire=3600)
+    )
+    handlers.client_outdated(None, neonize_events.ClientOutdatedEv())
+    handlers.connect_failure(None, neonize_events.ConnectFailureEv(Reason=proto.LOGGED_OUT, Message="401"))
+    handlers.connect_failure(None, neonize_events.ConnectFailureEv(Reason=proto.INTERNAL_SERVER_ERROR))
+    kinds = [(call[0], call[2] if len(call) > 2 else None) for call in events.calls[3:]]
+    assert kinds[0] == ("connected", None)
+    assert kinds[1] == ("logged_out", "unlinked from the phone")
+    assert kinds[2] == ("failed", "stream_replaced")
+    assert kinds[3][0] == "failed" and kinds[3][1].startswith("temporary_ban: blocked_by_users")
+    assert kinds[4][0] == "failed" and kinds[4][1].startswith("client_outdated")
+    assert kinds[5][0] == "logged_out"
+    assert kinds[6][0] == "disconnected", "a server error is retried, not the end"
+
+
+def test_it_reads_text_messages_and_marks_own_ones():
+    inbound = inbound_from(text_event("Oi, vocês abrem hoje?"))
+    assert inbound.text == "Oi, vocês abrem hoje?"
+    assert inbound.chat == f"{CUSTOMER}@s.whatsapp.net"
+    assert inbound.sender == f"{CUSTOMER}@s.whatsapp.net", "the sender without its device suffix"
+    assert inbound.push_name == "Cliente"
+    assert inbound.timestamp == datetime.datetime.fromtimestamp(1_790_000_000, tz=datetime.UTC), "milliseconds"
+    assert not inbound.from_me and not inbound.is_group
+    assert inbound_from(text_event("oi", from_me=True)).from_me
+    group = inbound_from(text_event("@bot oi", group=True, mentions=[f"{PHONE}@s.whatsapp.net"]))
+    assert group.is_group and group.chat.endswith("@g.us") and group.mentions == (f"{PHONE}@s.whatsapp.net",)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_shard_stores_what_neonize_reports(shards, alice):  # noqa: F811
+    shard = await shards(providers={"neonize": HandlersOnly()})
+    bot = await orm(make_bot, alice, whatsapp_provider="neonize")
+    await orm(Session.objects.filter(pk=bot.pk).update, desired_connected=True, status=Status.CONNECTING)
+    await step_until(shard, lambda: Session.objects.filter(pk=bot.pk, lease_owner=shard.shard_id).exists())
+    handlers = Handlers(bot.pk, shard.events, lambda: None, None)
+    payload = "2@" + "Q" * 30 + "," + ",".join(["K" * 44] * 3)
+
+    handlers.qr(None, payload.encode())
+    await step_until(shard, lambda: Session.objects.get(pk=bot.pk).status == Status.QR_REQUIRED)
+    assert decode_qr((await orm(Session.objects.get, pk=bot.pk)).qr_code) == payload
+
+    handlers.pair_status(
+        None, neonize_events.PairStatusEv(ID=jid(PHONE, 12), Status=neonize_events.PairStatusEv.SUCCESS)
+    )
+    handlers.connected(None, neonize_events.ConnectedEv())
+    await step_until(shard, lambda: Session.objects.get(pk=bot.pk).status == Status.CONNECTED)
+    session = await orm(Session.objects.get, pk=bot.pk)
+    assert session.jid == f"{PHONE}:12@s.whatsapp.net" and session.phone == PHONE
+
+    handlers.message(None, text_event("Bom dia!", wa_id="IN1"))
+    handlers.message(None, text_event("eu mesmo", wa_id="OWN1", from_me=True))
+    await step_until(shard, lambda: Message.objects.filter(bot=bot).count() == 2)
+    incoming = await orm(Message.objects.get, bot=bot, wa_id="IN1")
+    assert incoming.text == "Bom dia!" and incoming.direction == "in" and not incoming.from_me
+    own = await orm(Message.objects.get, bot=bot, wa_id="OWN1")
+    assert own.from_me and own.status != MessageStatus.REPLIED
+    assert not await orm(Message.objects.filter(bot=bot, direction="out").exists)
+
+    handlers.logged_out(None, neonize_events.LoggedOutEv(OnConnect=False))
+    await step_until(shard, lambda: Session.objects.get(pk=bot.pk).status == Status.LOGGED_OUT)
+    session = await orm(Session.objects.get, pk=bot.pk)
+    assert session.jid == "" and session.phone == "" and not session.desired_connected
+
+
+def test_it_derives_the_store_from_the_main_database(settings):
+    settings.WHATSAPP_STORE_URL = None
+    dsn = store_dsn()
+    name = connection.settings_dict["NAME"]
+    if connection.vendor == "sqlite":
+        assert dsn.endswith(".whatsmeow.sqlite3") and Path(dsn).parent == Path(name).parent
+        assert ":memory:" not in dsn
+    else:
+        assert dsn.startswith("postgres://") and f"/{name}?" in dsn and "sslmode=disable" in dsn
+    assert with_sslmode("postgres://u@db.example.com:5432/x?sslmode=require").endswith("sslmode=require")
+    assert "sslmode" not in with_sslmode("postgres://u@db.example.com:5432/x")
+
+
+# --- Real shard processes with the real library, offline -------------------------------------
+
+FAST_RETRIES = {"WHATSAPP_BACKOFF_BASE": "0.05", "WHATSAPP_BACKOFF_CAP": "0.2"}
+
+
+def neonize_bot(owner, **session) -> str:
+    bot = make_bot(owner, whatsapp_provider="neonize")
+    Session.objects.filter(pk=bot.pk).update(desired_connected=True, status=Status.CONNECTING, **session)
+    return str(bot.pk)
+
+
+def store_tables(dsn: str) -> set[str]:
+    if dsn.startswith("postgres"):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'whatsmeow_%%'")
+            return {row[0] for row in cursor.fetchall()}
+    with sqlite3.connect(dsn) as conn:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'whatsmeow_%'")}
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("store", ["main database", "sqlite file"])
+def test_an_offline_shard_backs_off_then_fails_and_stays_up(alice, tmp_path, store):
+    env = dict(FAST_RETRIES)
+    if store == "sqlite file":
+        env["WHATSAPP_STORE_URL"] = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    bot_id = neonize_bot(alice)
+    pool = start_pool(**env)
+    try:
+        wait_until(lambda: Session.objects.get(pk=bot_id).status == Status.FAILED, timeout=60, message="never gave up")
+        session = Session.objects.get(pk=bot_id)
+        assert session.last_error.startswith("gave up after 8 failures: connect failed")
+        assert not session.desired_connected
+        retries = SessionEvent.objects.filter(session_id=bot_id, event="connecting").exclude(frame__lastError=None)
+        assert retries.count() >= 7, "each failure is a visible retry"
+        assert pool.process.poll() is None
+        assert "exited with" not in pool.log(), "the shard process stayed alive"
+        dsn = str(tmp_path / "store.sqlite3") if store == "sqlite file" else store_dsn()
+        assert "whatsmeow_device" in store_tables(dsn), "the store schema was created before connecting"
+    finally:
+        assert pool.stop() == 0
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_a_device_missing_from_the_store_is_logged_out_not_a_crash(alice):
+    bot_id = neonize_bot(alice, jid=f"{PHONE}:7@s.whatsapp.net", phone=PHONE)
+    pool = start_pool(**FAST_RETRIES)
+    try:
+        wait_until(lambda: Session.objects.get(pk=bot_id).status == Status.LOGGED_OUT, timeout=30)
+        session = Session.objects.get(pk=bot_id)
+        assert session.last_error == "the linked device is no longer in the store"
+        assert session.jid == "" and not session.desired_connected
+        assert pool.process.poll() is None and "exited with" not in pool.log()
+    finally:
+        pool.stop()
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_a_killed_neonize_shard_is_restarted_and_resumes_its_bots(alice):
+    bots = [neonize_bot(alice) for _ in range(3)]
+    pool = start_pool(WHATSAPP_BACKOFF_BASE="20", WHATSAPP_BACKOFF_CAP="20")
+    try:
+        owner = wait_until(
+            lambda: (
+                (o := set(Session.objects.filter(pk__in=bots).values_list("lease_owner", flat=True))) - {""}
+                and len(o) == 1
+                and o.pop()
+            ),
+            timeout=30,
+        )
+        wait_until(
+            lambda: (
+                SessionEvent.objects.filter(session_id__in=bots, frame__lastError__startswith="connect failed").count()
+                == 3
+            ),
+            timeout=30,
+        )
+        os.kill(pid_of(f"--shard-id {owner}"), signal.SIGKILL)
+        wait_until(
+            lambda: all(
+                o not in ("", owner) for o in Session.objects.filter(pk__in=bots).values_list("lease_owner", flat=True)
+            ),
+            timeout=30,
+            message="the bots were not taken up again",
+        )
+        assert "exited with -9" in pool.log()
+        assert not Session.objects.filter(pk__in=bots, status=Status.FAILED).exists()
+    finally:
+        pool.stop()
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_a_shard_recycles_itself_after_too_many_connect_attempts(alice):
+    bot_id = neonize_bot(alice)
+    pool = start_pool(WHATSAPP_RECYCLE_AFTER="3", **FAST_RETRIES)
+    try:
+        wait_until(lambda: "exited with 75" in pool.log(), timeout=30, message="the shard did not recycle")
+        first_owner_gone = wait_until(
+            lambda: (
+                Session.objects.filter(pk=bot_id).exclude(lease_owner="").exists()
+                or Session.objects.get(pk=bot_id).status == Status.FAILED
+            ),
+            timeout=30,
+        )
+        assert first_owner_gone
+        assert pool.log().count("started as pid") >= 2, "the supervisor started a fresh shard"
+        stopped = SessionEvent.objects.filter(session_id=bot_id, frame__lastError="worker stopped")
+        assert stopped.exists(), "the draining shard released the bot as a clean stop"
+    finally:
+        pool.stop()
+
+
+def test_importing_the_provider_does_not_load_neonize_in_the_web():
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys, django; os.environ['DJANGO_SETTINGS_MODULE']='tests.settings'; django.setup();"
+        "import botplatform.urls, whatsapp.pool, whatsapp.providers.neonize;"
+        "print('neonize' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2]
+    )
+    assert done.stdout.strip() == "False", done.stderr
