@@ -19,7 +19,7 @@ install: $(VENV)/.installed
 # unless DATABASE_URL is set. Serves web and pool together; Ctrl+C stops both.
 run: $(VENV)/.installed
 	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --no-input
-	DEBUG=$${DEBUG:-1} $(PY) manage.py ensure_admin
+	DEBUG=$${DEBUG:-1} $(PY) manage.py ensure_admin --login-url http://$(HOST):$(PORT)/login/
 	DEBUG=$${DEBUG:-1} $(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed

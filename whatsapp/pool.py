@@ -225,7 +225,7 @@ class Shard:
         for provider in self.providers.values():
             should_recycle = getattr(provider, "should_recycle", None)
             if should_recycle is not None and should_recycle() and not self.shutdown:
-                logger.warning("shard %s: recycling after %s connect attempts", self.shard_id, provider.attempts)
+                logger.warning("shard %s: recycling after %s ended connect attempts", self.shard_id, provider.leaked)
                 self.recycling = True
                 self.shutdown = True
 

@@ -385,6 +385,9 @@ class NeonizeClient:
             provider.release_dial(self)
 
     async def stop(self) -> None:
+        if not self.stopping and self.thread is not None:
+            # The store pool this client's connect opened is never closed: it leaks from now on.
+            self.provider.leaked += 1
         self.stopping = True
         self.provider.release_dial(self)
         if self.client is not None:
@@ -429,6 +432,7 @@ class NeonizeProvider:
         self.max_dials = max_dials
         self.recycle_after = recycle_after
         self.attempts = 0
+        self.leaked = 0
         self._dials = threading.Semaphore(max_dials)
         self._dialing: set[int] = set()
         self._dial_lock = threading.Lock()
@@ -504,8 +508,12 @@ class NeonizeProvider:
         self._dials.release()
 
     def should_recycle(self) -> bool:
-        """Past the threshold of connect attempts, the leaked store pools call for a fresh process."""
-        return self.attempts >= self.recycle_after
+        """Past a number of ended connect attempts, their leaked store pools call for a fresh process.
+
+        Live sessions use their pools; only the pools of stopped or failed attempts
+        count, so a shard can host more bots than the threshold.
+        """
+        return self.leaked >= self.recycle_after
 
 
 __all__ = ["NeonizeProvider", "inbound_from", "store_dsn"]

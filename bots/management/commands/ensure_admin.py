@@ -9,11 +9,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--username", default="admin")
+        parser.add_argument("--login-url", default="http://127.0.0.1:8000/login/", help="Where to say to log in.")
 
-    def handle(self, username: str, **options):
+    def handle(self, username: str, login_url: str, **options):
         User = get_user_model()
         if User.objects.filter(is_superuser=True).exists():
-            self.stdout.write("An admin account exists already; log in with it at http://127.0.0.1:8000/login/")
+            self.stdout.write(f"An admin account exists already; log in with it at {login_url}")
             return
         if User.objects.filter(username=username).exists():
             # Never promote an existing account: its owner would get the admin without asking.
@@ -25,7 +26,7 @@ class Command(BaseCommand):
         User.objects.create_superuser(username=username, email="", password=password)
         self.stdout.write(
             self.style.SUCCESS(
-                f"Created the admin account.\n  Log in at http://127.0.0.1:8000/login/\n"
+                f"Created the admin account.\n  Log in at {login_url}\n"
                 f"  username: {username}\n  password: {password}\n"
                 f"  (shown once; change it in the admin, or run: python manage.py changepassword {username})"
             )
