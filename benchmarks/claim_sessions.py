@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, emit, reset_data, rss_mb, setup_django
+from common import ROOT, emit, paired_simulator_bots, reset_data, rss_mb, setup_django
 
 
 def main() -> None:
@@ -23,26 +23,12 @@ def main() -> None:
     args = parser.parse_args()
     env = setup_django()
 
-    from django.contrib.auth.models import User
     from django.db import connection
 
-    from bots.models import Bot
-    from whatsapp.models import Session, SimulatorDevice
+    from whatsapp.models import Session
 
     reset_data()
-    owner = User.objects.create_user("bench-owner")
-    bots = Bot.objects.bulk_create(
-        [Bot(owner=owner, name=f"bench {n}", whatsapp_provider="simulator") for n in range(args.bots)]
-    )
-    Session.objects.bulk_create(
-        [Session(bot=bot, desired_connected=True, jid=f"55{n:011d}:2@s.whatsapp.net") for n, bot in enumerate(bots)]
-    )
-    SimulatorDevice.objects.bulk_create(
-        [
-            SimulatorDevice(bot=bot, jid=f"55{n:011d}:2@s.whatsapp.net", phone=f"55{n:011d}")
-            for n, bot in enumerate(bots)
-        ]
-    )
+    paired_simulator_bots(args.bots)
     connection.close()
 
     started = time.monotonic()

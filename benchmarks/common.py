@@ -50,6 +50,29 @@ def reset_data() -> None:
     User.objects.filter(username__startswith="bench").delete()
 
 
+def paired_simulator_bots(count: int) -> list:
+    """``count`` simulator bots of a new owner, paired earlier (a stored device) and wanting to connect."""
+    from django.contrib.auth.models import User
+
+    from bots.models import Bot
+    from whatsapp.models import Session, SimulatorDevice
+
+    owner = User.objects.create_user("bench-owner")
+    bots = Bot.objects.bulk_create(
+        [Bot(owner=owner, name=f"bench {n}", whatsapp_provider="simulator") for n in range(count)]
+    )
+    Session.objects.bulk_create(
+        [Session(bot=bot, desired_connected=True, jid=f"55{n:011d}:2@s.whatsapp.net") for n, bot in enumerate(bots)]
+    )
+    SimulatorDevice.objects.bulk_create(
+        [
+            SimulatorDevice(bot=bot, jid=f"55{n:011d}:2@s.whatsapp.net", phone=f"55{n:011d}")
+            for n, bot in enumerate(bots)
+        ]
+    )
+    return bots
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:

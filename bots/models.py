@@ -10,7 +10,10 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 DEFAULT_FALLBACK_TEXT = "Desculpe, não consegui responder agora. Por favor, tente novamente em instantes."
+DEFAULT_NON_TEXT_REPLY = "Por enquanto só consigo ler mensagens de texto. Pode me escrever sua pergunta?"
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9.-]{0,63}$"
+# The longest text a bot sends in one WhatsApp message: longer replies are cut, never split.
+TEXT_LIMIT = 4096
 
 
 def default_gemini_model() -> str:
@@ -50,7 +53,20 @@ class Bot(models.Model):
     is_active = models.BooleanField(
         _("active"), default=True, help_text=_("Inactive bots store messages but do not reply.")
     )
-    fallback_text = models.TextField(_("fallback text"), max_length=1000, default=DEFAULT_FALLBACK_TEXT)
+    fallback_text = models.TextField(
+        _("fallback text"),
+        max_length=1000,
+        default=DEFAULT_FALLBACK_TEXT,
+        blank=True,
+        help_text=_("Sent when Gemini cannot answer. Empty: send nothing."),
+    )
+    non_text_reply = models.TextField(
+        _("reply to non-text messages"),
+        max_length=1000,
+        default=DEFAULT_NON_TEXT_REPLY,
+        blank=True,
+        help_text=_("Sent for images, audio and stickers. Empty: do not answer them."),
+    )
     reply_in_groups = models.BooleanField(_("reply in groups"), default=False)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
@@ -102,6 +118,21 @@ class MessageType(models.TextChoices):
     OTHER = "other", _("other")
 
 
+class MessageQuerySet(models.QuerySet["Message"]):
+    def queue(self, *, bot_id: uuid.UUID, chat: str, text: str, sender: str = "", **fields) -> Message:
+        """An outbound text message for the outbox: the shard hosting the bot sends it."""
+        return self.create(
+            bot_id=bot_id,
+            chat=chat,
+            sender=sender,
+            direction=Direction.OUT,
+            type=MessageType.TEXT,
+            text=text,
+            status=MessageStatus.QUEUED,
+            **fields,
+        )
+
+
 class Message(models.Model):
     """The inbox and the outbox of a bot (DESIGN.md section 3)."""
 
@@ -114,6 +145,8 @@ class Message(models.Model):
     type = models.CharField(_("type"), max_length=16, choices=MessageType.choices, default=MessageType.TEXT)
     text = models.TextField(_("text"), blank=True)
     from_me = models.BooleanField(_("sent by the bot's own phone"), default=False)
+    # Who the message mentions (group messages are answered only when the bot is among them).
+    mentions = models.JSONField(_("mentions"), default=list, blank=True)
     status = models.CharField(_("status"), max_length=16, choices=MessageStatus.choices)
     in_reply_to = models.OneToOneField(
         "self", models.SET_NULL, null=True, blank=True, related_name="reply", verbose_name=_("in reply to")
@@ -123,6 +156,8 @@ class Message(models.Model):
     sent_at = models.DateTimeField(_("WhatsApp time"), null=True, blank=True)
     created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    objects = MessageQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at", "id"]

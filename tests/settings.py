@@ -9,6 +9,13 @@ import os
 os.environ.setdefault("SECRET_KEY", "test-secret-key-only-for-the-test-suite-0123456789abcdefghij")
 os.environ.setdefault("WHATSAPP_SIMULATOR", "1")
 os.environ.setdefault("GEMINI_API_KEY", "test-key")
+# No test reaches Google: a process that is not pointed at a fake Gemini server gets "connection
+# refused" at once (and sends the bot's fallback text).
+os.environ.setdefault("GEMINI_BASE_URL", "http://127.0.0.1:9")
+# The fake Gemini server is on loopback: never through a proxy (the SDK honours *_PROXY).
+os.environ["NO_PROXY"] = ",".join(
+    dict.fromkeys(["127.0.0.1", "localhost", *filter(None, os.environ.get("NO_PROXY", "").split(","))])
+)
 
 from botplatform.settings import *  # noqa: F403
 

@@ -17,8 +17,8 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from bots.models import Bot
-from whatsapp import state
+from bots.models import Bot, Message
+from whatsapp import jids, state
 from whatsapp.models import ConnectRequest, Session, Status
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,16 @@ def request_logout(bot: Bot) -> Session:
         session = Session.objects.get(pk=bot.pk)
     transaction.on_commit(nudge_shards)
     return session
+
+
+def queue_message(bot: Bot, chat: str, text: str) -> Message:
+    """An operator's message: queued in the outbox now, sent by the hosting shard once connected."""
+    with transaction.atomic():
+        message = Message.objects.queue(
+            bot_id=bot.pk, chat=chat, text=text, sender=jids.account_jid(bot.session.jid, bot.session.phone)
+        )
+        transaction.on_commit(nudge_shards)
+    return message
 
 
 def prune_connect_requests() -> int:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime
 import functools
 import logging
+import math
 import os
 import random
 import signal
@@ -33,6 +35,7 @@ from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
 from bots.inbox import store_inbound
+from bots.replies import ReplyPipeline
 from whatsapp import leases, state
 from whatsapp.control import SHARDS_GROUP
 from whatsapp.models import Session, Status
@@ -43,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 MAX_FAILURES = 8
 STOP_TIMEOUT = 10.0
+# Inbound messages stored in one transaction at most.
+MESSAGE_BATCH = 200
 # A shard that exits with this code asked to be replaced (see check_recycle): restart it at once.
 RECYCLE_EXIT_CODE = 75
 
@@ -71,6 +76,7 @@ class Hosted:
     failures: int = 0
     paired: dict = field(default_factory=dict)
     pairing_phone: str = ""
+    phone: str = ""
 
 
 class ShardEvents:
@@ -140,6 +146,7 @@ class Shard:
         self.recycling = False
         # Held while one event is handled, and while stop_all stops one bot: their writes never interleave.
         self.handling = asyncio.Lock()
+        self.replies = ReplyPipeline(self)
         self._tasks: list[asyncio.Task] = []
 
     # --- plumbing ---------------------------------------------------------------
@@ -187,6 +194,7 @@ class Shard:
             self.providers = default_providers(self)
         for provider in self.providers.values():
             await provider.open()
+        await self.replies.start()
         self._tasks = [
             asyncio.create_task(self.handle_events(), name="events"),
             asyncio.create_task(self.publish_frames(), name="frames"),
@@ -216,6 +224,7 @@ class Shard:
             await self.start_due_retries()
             self.expire_qr_codes_soon()
             self.check_recycle()
+            await self.replies.scan()
         except DatabaseError:
             logger.exception("shard %s: database error; retrying", self.shard_id)
             await self.check_lease_deadline()
@@ -237,6 +246,7 @@ class Shard:
             return
         self.last_renewal = now
         held = await self.db(leases.renew, self.shard_id, self.ttl)
+        await self.db(leases.beat, self.shard_id, socket.gethostname(), os.getpid(), self.capacity, len(self.hosted))
         self.last_renewal_ok = now
         for bot_id, hosted in list(self.hosted.items()):
             if held.get(bot_id) != hosted.epoch:
@@ -256,21 +266,40 @@ class Shard:
         used = sum(1 for hosted in self.hosted.values() if hosted.provider == provider)
         return min(limit - used, self.capacity - len(self.hosted))
 
+    async def my_share(self, ids: list[uuid.UUID], free: int) -> list[uuid.UUID]:
+        """Placement by free capacity: of the bots waiting, take the part matching our share of the room."""
+        room = await self.db(leases.free_capacity, self.ttl)
+        room[self.shard_id] = free
+        total = sum(room.values())
+        if total <= free:
+            return ids
+        random.shuffle(ids)  # shards taking their shares at once mostly pick different bots
+        return ids[: max(1, math.ceil(len(ids) * free / total))]
+
     async def claim_bots(self) -> None:
         kinds = [name for name in self.providers if self.room_for(name) > 0]
         if not kinds:
             return
-        ids = await self.db(leases.candidates, kinds, self.capacity - len(self.hosted))
+        free = self.capacity - len(self.hosted)
+        ids = await self.db(leases.candidates, kinds, free)
+        if ids:
+            ids = await self.my_share(ids, free)
         for bot_id in ids:
             if self.shutdown or bot_id in self.hosted:
                 continue
             provider = await self.db(leases.provider_of, bot_id)
             if self.room_for(provider) <= 0:
                 continue
+            phone = await self.db(leases.phone_of, bot_id) if provider == "neonize" else ""
+            if phone and any(h.provider == "neonize" and h.phone == phone for h in self.hosted.values()):
+                # neonize keys its clients by phone number: two bots of one number live apart.
+                continue
             epoch = await self.db(leases.claim, bot_id, self.shard_id, self.ttl)
             if epoch is None:
                 continue
-            self.hosted[bot_id] = Hosted(bot_id=bot_id, provider=provider, epoch=epoch)
+            self.hosted[bot_id] = Hosted(bot_id=bot_id, provider=provider, epoch=epoch, phone=phone)
+            # What its last host left unanswered or half sent (a crash, a take-over).
+            await self.replies.recover(self.hosted[bot_id])
         # The new bots are started by reconcile on its next pass (it reads their rows).
         if ids:
             await self.reconcile()
@@ -382,8 +411,9 @@ class Shard:
             )
             return
         delay = backoff_delay(hosted.failures)
-        hosted.phase = "retrying"
-        hosted.retry_at = time.monotonic() + delay
+        # Not due until `connecting` is written: a retry started before would read the old
+        # status and write `connecting` a second time.
+        hosted.phase, hosted.retry_at = "retrying", None
         await self.record(
             hosted,
             "connecting",
@@ -393,6 +423,7 @@ class Shard:
             failures=hosted.failures,
             next_retry_at=timezone.now() + datetime.timedelta(seconds=delay),
         )
+        hosted.retry_at = time.monotonic() + delay
 
     async def start_due_retries(self) -> None:
         now = time.monotonic()
@@ -414,14 +445,29 @@ class Shard:
     # --- provider events ---------------------------------------------------------
 
     async def handle_events(self) -> None:
+        held = None
         while True:
-            kind, bot_id, *args = await self.queue.get()
+            event, held = held or await self.queue.get(), None
+            kind, bot_id, *args = event
+            if kind == "message":
+                # Messages that arrived together are stored together, in order, in one transaction.
+                batch = [event]
+                while len(batch) < MESSAGE_BATCH and not self.queue.empty():
+                    event = self.queue.get_nowait()
+                    if event[0] != "message":
+                        held = event
+                        break
+                    batch.append(event)
+                async with self.handling:
+                    try:
+                        await self.on_messages([(bot_id, message, ack) for _, bot_id, message, ack in batch])
+                    except Exception:
+                        logger.exception("storing %d inbound messages failed", len(batch))
+                continue
             async with self.handling:
                 hosted = self.hosted.get(bot_id)
                 try:
-                    if kind == "message":
-                        await self.on_message(bot_id, hosted, *args)
-                    elif hosted is not None:
+                    if hosted is not None:
                         await getattr(self, f"on_{kind}")(hosted, *args)
                 except Exception:
                     logger.exception("bot %s: handling %s failed", bot_id, kind)
@@ -447,6 +493,16 @@ class Shard:
         await self.release(hosted)
 
     async def on_paired(self, hosted: Hosted, jid: str, phone: str, push_name: str) -> None:
+        if hosted.provider == "neonize" and await self.db(leases.phone_taken, hosted.bot_id, phone):
+            # Refused: neonize keys clients by number, so one number serves one bot.
+            client, hosted.client = hosted.client, None
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.logout(), STOP_TIMEOUT)
+            reason = f"the number {phone} is already linked to another bot; unlink it there first"
+            await self.end_session(hosted, "failed", Status.FAILED, reason, clear_device=True)
+            return
+        hosted.phone = phone
         hosted.paired = {"jid": jid, "phone": phone, "push_name": push_name}
 
     async def on_connected(self, hosted: Hosted) -> None:
@@ -475,15 +531,30 @@ class Shard:
     async def on_failed(self, hosted: Hosted, reason: str) -> None:
         await self.end_session(hosted, "failed", Status.FAILED, reason)
 
-    async def on_message(self, bot_id: uuid.UUID, hosted: Hosted | None, message: Inbound, ack: Any) -> None:
-        if hosted is None:
+    async def on_messages(self, items: list[tuple[uuid.UUID, Inbound, Any]]) -> None:
+        """Store the messages of hosted bots, acknowledged in the same transaction, then reply to them."""
+        items = [item for item in items if item[0] in self.hosted]
+        if not items:
             return
-        provider = self.providers[hosted.provider]
-        acknowledge = getattr(provider, "acknowledger", None)
-        await self.db(store_inbound, bot_id, message, acknowledge(ack) if acknowledge and ack is not None else None)
-        delivered = getattr(provider, "delivered", None)
-        if delivered is not None and ack is not None:
-            delivered(bot_id, ack)
+        acked: dict[Provider, list[tuple[uuid.UUID, Any]]] = {}
+        for bot_id, _, ack in items:
+            if ack is not None:
+                acked.setdefault(self.providers[self.hosted[bot_id].provider], []).append((bot_id, ack))
+        commits = [
+            provider.acknowledger([ack for _, ack in acks])
+            for provider, acks in acked.items()
+            if hasattr(provider, "acknowledger")
+        ]
+        try:
+            stored = await self.db(store_inbound, [(bot_id, message) for bot_id, message, _ in items], commits)
+        finally:
+            # Stored, or given up on: a provider may deliver again what was not marked delivered.
+            for provider, acks in acked.items():
+                for bot_id, ack in acks:
+                    if hasattr(provider, "delivered"):
+                        provider.delivered(bot_id, ack)
+        for message in stored:
+            self.replies.received(message)
 
     # --- live events ------------------------------------------------------------------
 
@@ -519,6 +590,8 @@ class Shard:
 
     async def stop_all(self) -> None:
         """Stop every client, record `disconnected` ("worker stopped"), release the leases."""
+        # Replies in progress stop first (no send after its client is gone); the next host resumes them.
+        await self.replies.stop()
         for hosted in list(self.hosted.values()):
             # Not while an event is being handled: its write for this bot could land after "worker stopped".
             async with self.handling:
@@ -535,11 +608,19 @@ class Shard:
                 await asyncio.wait_for(provider.close(), STOP_TIMEOUT)
             except Exception:
                 logger.warning("provider %s did not close cleanly", provider.name, exc_info=True)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Cancelled again if need be: channels_redis can swallow a cancellation (its connection
+        # clean-up catches CancelledError), which left a task running and this stop waiting forever.
+        pending = set(self._tasks)
+        for _ in range(3):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+        await asyncio.gather(*(task for task in self._tasks if task.done()), return_exceptions=True)
         try:
             await self.db(leases.release_all, self.shard_id)
+            await self.db(leases.forget_shard, self.shard_id)
         except Exception:
             logger.warning("could not release the leases of %s", self.shard_id, exc_info=True)
         self.db_pool.shutdown(wait=False)
@@ -631,6 +712,7 @@ class Supervisor:
         close_old_connections()
         try:
             held = leases.release_all(child.shard_id)
+            leases.forget_shard(child.shard_id)
             if held:
                 logger.info("supervisor: released %d bots of %s", len(held), child.shard_id)
         except DatabaseError:

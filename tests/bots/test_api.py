@@ -28,6 +28,7 @@ BOT_KEYS = {
     "model",
     "temperature",
     "fallbackText",
+    "nonTextReply",
     "replyInGroups",
     "isActive",
     "createdAt",
@@ -110,6 +111,7 @@ def test_it_creates_a_bot_with_defaults(alice_api, alice, settings):
     assert body["whatsappProvider"] == settings.WHATSAPP_DEFAULT_PROVIDER
     assert body["fallbackText"].strip()
     assert "não" in body["fallbackText"] or "Desculpe" in body["fallbackText"]
+    assert "texto" in body["nonTextReply"]
     assert body["replyInGroups"] is False
     assert body["isActive"] is True
     assert RFC3339_UTC.match(body["createdAt"]), body["createdAt"]
@@ -232,6 +234,9 @@ INVALID_FIELDS = [
     pytest.param("fallbackText", "x" * 1001, id="fallbackText-1001"),
     pytest.param("fallbackText", None, id="fallbackText-null"),
     pytest.param("fallbackText", "a\x00b", id="fallbackText-nul-character"),
+    pytest.param("nonTextReply", "x" * 1001, id="nonTextReply-1001"),
+    pytest.param("nonTextReply", None, id="nonTextReply-null"),
+    pytest.param("nonTextReply", 5, id="nonTextReply-number"),
     pytest.param("replyInGroups", "true", id="replyInGroups-string"),
     pytest.param("replyInGroups", 1, id="replyInGroups-int"),
     pytest.param("replyInGroups", None, id="replyInGroups-null"),
@@ -333,6 +338,8 @@ def test_it_refuses_a_non_boolean_auto_connect(alice_api, value):
         pytest.param("whatsappProvider", "simulator", "simulator", id="provider-simulator"),
         pytest.param("fallbackText", "", "", id="fallbackText-empty"),
         pytest.param("fallbackText", "x" * 1000, "x" * 1000, id="fallbackText-1000"),
+        pytest.param("nonTextReply", "", "", id="nonTextReply-empty"),
+        pytest.param("nonTextReply", "Só leio texto.", "Só leio texto.", id="nonTextReply-text"),
         pytest.param("replyInGroups", True, True, id="replyInGroups-true"),
         pytest.param("isActive", False, False, id="isActive-false"),
     ],

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+
+class NotConnected(ConnectionError):
+    """A send refused before anything left: the message can be sent again later."""
 
 
 @dataclass(frozen=True)
@@ -69,12 +74,19 @@ class Client(Protocol):
     async def logout(self) -> None:
         """Unlink the device on the server and delete its stored state."""
 
-    async def send_text(self, to: str, text: str) -> str:
-        """Send a text message; returns its WhatsApp id."""
+    async def send_text(self, to: str, text: str, commit: Callable[[str], None] | None = None) -> str:
+        """Send a text message; returns its WhatsApp id.
+
+        ``commit(wa_id)`` records the send: a provider with ``atomic_send`` runs it in
+        the same transaction as the send itself (an exception undoes both); others run
+        it right after. Raises ``NotConnected`` when nothing was sent.
+        """
 
 
 class Provider(Protocol):
     name: str
+    # Whether a send and its commit callback are one transaction (the simulator's are).
+    atomic_send: bool
 
     async def open(self) -> None:
         """Prepare shared resources (store schema, polling task) before any client starts."""

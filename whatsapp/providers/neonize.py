@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from django.conf import settings
 from django.db import connection, transaction
 
-from whatsapp.providers.base import Device, Events, Inbound
+from whatsapp.providers.base import Device, Events, Inbound, NotConnected
 
 logger = logging.getLogger(__name__)
 
@@ -407,7 +407,7 @@ class NeonizeClient:
         from neonize.utils.jid import build_jid
 
         if self.client is None:
-            raise ConnectionError("not connected")
+            raise NotConnected("not connected")
         user, _, server = to.partition("@")
         response = await self.provider.run(self.client.send_message, build_jid(user, server or "s.whatsapp.net"), text)
         if commit is not None:
@@ -422,6 +422,8 @@ def _commit(commit: Callable[[str], None], wa_id: str) -> None:
 
 class NeonizeProvider:
     name = "neonize"
+    # neonize sends with an id of its own choosing: the send and its record cannot be one transaction.
+    atomic_send = False
 
     def __init__(self, db, *, max_dials: int = 2, recycle_after: int = 50, stagger: float = 0.25) -> None:
         self.db = db

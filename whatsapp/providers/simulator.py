@@ -24,7 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent
-from whatsapp.providers.base import Device, Events, Inbound
+from whatsapp.providers.base import Device, Events, Inbound, NotConnected
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +132,9 @@ def _done(command_ids: list[int]) -> None:
     SimulatorCommand.objects.filter(pk__in=command_ids).update(done_at=timezone.now())
 
 
-def mark_delivered(inbound_id: int) -> None:
-    """Run inside the transaction that stores the message: delivered only once stored."""
-    SimulatorInbound.objects.filter(pk=inbound_id, delivered_at__isnull=True).update(delivered_at=timezone.now())
+def mark_delivered(inbound_ids: list[int]) -> None:
+    """Run inside the transaction that stores the messages: delivered only once stored."""
+    SimulatorInbound.objects.filter(pk__in=inbound_ids, delivered_at__isnull=True).update(delivered_at=timezone.now())
 
 
 def _send(bot_id: uuid.UUID, to: str, text: str, commit: Callable[[str], None] | None) -> str:
@@ -219,7 +219,7 @@ class SimulatorClient:
 
     async def send_text(self, to: str, text: str, commit: Callable[[str], None] | None = None) -> str:
         if not self.connected:
-            raise ConnectionError("not connected")
+            raise NotConnected("not connected")
         return await self.provider.db(_send, self.bot_id, to, text, commit)
 
     # Called by the provider's tick, on the loop.
@@ -262,6 +262,8 @@ class SimulatorClient:
 
 class SimulatorProvider:
     name = "simulator"
+    # The simulated send and its commit callback are one transaction: it never doubles.
+    atomic_send = True
 
     def __init__(self, db: Db, *, poll_interval: float = 0.5) -> None:
         self.db = db
@@ -287,9 +289,9 @@ class SimulatorProvider:
     def wake(self) -> None:
         self._wake.set()
 
-    def acknowledger(self, inbound_id: int) -> Callable[[], None]:
-        """What the shard runs inside the transaction that stores the message."""
-        return functools.partial(mark_delivered, inbound_id)
+    def acknowledger(self, inbound_ids: list[int]) -> Callable[[], None]:
+        """What the shard runs inside the transaction that stores these messages."""
+        return functools.partial(mark_delivered, inbound_ids)
 
     def delivered(self, bot_id: uuid.UUID, inbound_id: int) -> None:
         """The shard stored an inbound message (or gave up on it): it may be fetched again if not marked."""

@@ -1,0 +1,583 @@
+"""AI replies: every text that reaches a connected bot gets one answer (DESIGN.md invariants 4 and 5).
+
+The path of one inbound message, each step a compare-and-set fenced by the
+shard's lease epoch, so a shard that lost a bot writes nothing for it:
+
+1. stored ``received`` (bots/inbox.py), before anything else;
+2. :func:`begin`: the rules of :func:`decide` end it ``ignored`` or ``failed``
+   (stale), or mark it ``replying`` and read the persona and the chat's last
+   turns from the database;
+3. Gemini (bots/gemini.py), within the reply budget, the fallback text when it fails;
+4. :func:`finish`: ``replied`` and its reply row ``queued``, in one transaction
+   (``in_reply_to`` is unique: one reply per inbound message);
+5. the outbox: :func:`claim` (``queued -> sending``), then the provider sends and
+   runs :func:`mark_sent` in its commit (the simulator in the same transaction).
+
+The database steps are plain sync functions, run on the shard's DB threads and
+called directly by tests; :class:`ReplyPipeline` is the async part a shard owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import datetime
+import functools
+import logging
+import operator
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+
+from bots import gemini
+from bots.gemini import Turn
+from bots.models import TEXT_LIMIT, Bot, Direction, Message, MessageStatus, MessageType
+from whatsapp import jids
+from whatsapp.models import Session
+from whatsapp.providers.base import NotConnected
+from whatsapp.state import Fenced
+
+if TYPE_CHECKING:
+    from whatsapp.pool import Hosted, Shard
+
+logger = logging.getLogger(__name__)
+
+# The conversation Gemini sees: the last messages of the chat, at most this many characters.
+HISTORY_MESSAGES = 20
+HISTORY_CHARS = 12_000
+# How often a shard looks for inbound messages that no reply task holds (a safety net: see ReplyPipeline).
+SWEEP_SECONDS = 30.0
+# How long a stopping shard waits for the statements its reply threads are running.
+STOP_SECONDS = 10.0
+ACTIVE = (MessageStatus.RECEIVED, MessageStatus.REPLYING)
+MEDIA = (MessageType.IMAGE, MessageType.AUDIO, MessageType.STICKER)
+INTERRUPTED = "interrupted while sending: it may or may not have reached WhatsApp, so it is not sent again"
+
+Fence = tuple[str, int]  # (lease owner, lease epoch)
+
+
+# --- The rules --------------------------------------------------------------------------
+
+
+IGNORE, FAIL, CANNED, ASK = "ignore", "fail", "canned", "ask"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # IGNORE, FAIL, CANNED (a fixed text) or ASK (Gemini)
+    reason: str = ""
+    text: str = ""
+
+
+def mentions_bot(message: Message, session: Session) -> bool:
+    own = {user for user in (jids.user_of(session.jid), session.phone) if user}
+    return any(jids.user_of(str(jid)) in own for jid in message.mentions or ())
+
+
+def received_at(message: Message) -> datetime.datetime:
+    """When the message was sent (WhatsApp's time) or, if earlier or unknown, stored."""
+    return min(t for t in (message.sent_at, message.created_at) if t is not None)
+
+
+def decide(message: Message, bot: Bot, session: Session, now: datetime.datetime) -> Decision:
+    """What an inbound message gets: nothing, a fixed text, or Gemini's answer."""
+    if message.from_me:
+        return Decision(IGNORE, "own message")
+    if bot.deleted_at is not None:
+        return Decision(IGNORE, "bot deleted")
+    if not bot.is_active:
+        return Decision(IGNORE, "bot inactive")
+    if message.chat.endswith(("@broadcast", "@newsletter")):
+        return Decision(IGNORE, "not a chat")
+    if jids.is_group(message.chat):
+        if not bot.reply_in_groups:
+            return Decision(IGNORE, "group message")
+        if not mentions_bot(message, session):
+            return Decision(IGNORE, "not mentioned")
+    if (now - received_at(message)).total_seconds() > settings.WHATSAPP_REPLY_MAX_AGE:
+        return Decision(FAIL, "stale")
+    if message.type in MEDIA:
+        if not bot.non_text_reply.strip():
+            return Decision(IGNORE, "not text")
+        return Decision(CANNED, text=bot.non_text_reply)
+    if message.type != MessageType.TEXT:
+        return Decision(IGNORE, "unsupported message type")
+    if not message.text.strip():
+        return Decision(IGNORE, "empty text")
+    return Decision(ASK)
+
+
+# --- The conversation -------------------------------------------------------------------
+
+
+class Row(NamedTuple):
+    """What the history needs of a stored message (tuples: model instances cost several times more)."""
+
+    pk: int
+    direction: str
+    from_me: bool
+    type: str
+    text: str
+    push_name: str
+    sender: str
+    status: str
+    in_reply_to_id: int | None
+    created_at: datetime.datetime
+
+
+def turn_of(message: Message | Row, group: bool) -> Turn | None:
+    """A stored message as a turn: what others wrote is the user's, what the bot's number sent the model's."""
+    if message.direction == Direction.OUT or message.from_me:
+        return ("model", message.text) if message.text.strip() else None
+    text = message.text.strip()
+    if message.type != MessageType.TEXT:
+        text = f"[{message.type}] {text}".strip()
+    if not text:
+        return None
+    if group:
+        text = f"{message.push_name or jids.user_of(message.sender)}: {text}"
+    return ("user", text)
+
+
+def history(message: Message) -> list[Turn]:
+    """The chat up to and including ``message``, as alternating turns that start with the user's.
+
+    The newest HISTORY_MESSAGES messages, then as many as fit in HISTORY_CHARS;
+    outbound messages that never left are not part of it; consecutive turns of
+    one side are merged. A reply counts where it belongs, right after its
+    question, even when it was written after later messages had arrived.
+    """
+    chat = Message.objects.filter(bot_id=message.bot_id, chat=message.chat).exclude(
+        direction=Direction.OUT, status=MessageStatus.FAILED
+    )
+    earlier = [
+        Row(*values)
+        for values in chat.filter(
+            Q(created_at__lt=message.created_at) | Q(created_at=message.created_at, pk__lt=message.pk)
+        )
+        .order_by("-created_at", "-pk")
+        .values_list(*Row._fields)[:HISTORY_MESSAGES]
+    ]
+    answered = {row.in_reply_to_id for row in earlier if row.in_reply_to_id}
+    late = [row.pk for row in earlier if row.status == MessageStatus.REPLIED and row.pk not in answered]
+    if late:
+        earlier += [Row(*values) for values in chat.filter(in_reply_to_id__in=late).values_list(*Row._fields)]
+    questions = {row.pk: row for row in earlier}
+
+    def position(row: Row) -> tuple:
+        question = questions.get(row.in_reply_to_id)
+        if question is not None:
+            return (question.created_at, question.pk, 1)
+        return (row.created_at, row.pk, 0)
+
+    earlier.sort(key=position)
+    group = jids.is_group(message.chat)
+    turns: list[Turn] = []
+    budget = HISTORY_CHARS
+    for row in [message, *reversed(earlier[-HISTORY_MESSAGES:])]:
+        turn = turn_of(row, group)
+        if turn is None:
+            continue
+        if row is message:
+            turn = (turn[0], turn[1][:HISTORY_CHARS])
+        elif len(turn[1]) > budget:
+            break
+        budget -= len(turn[1])
+        turns.append(turn)
+    merged: list[Turn] = []
+    for role, text in reversed(turns):
+        if merged and merged[-1][0] == role:
+            merged[-1] = (role, f"{merged[-1][1]}\n{text}")
+        elif merged or role == "user":
+            merged.append((role, text))
+    return merged
+
+
+# --- The database steps (sync: the shard's DB threads, and tests) -------------------------
+
+
+@dataclass(frozen=True)
+class Work:
+    """A message a shard has to act on: an inbound one to answer, or an outbound one to send."""
+
+    id: int
+    bot_id: uuid.UUID
+    chat: str
+    direction: str
+    text: str = ""
+
+    @classmethod
+    def of(cls, message: Message) -> Work:
+        return cls(message.pk, message.bot_id, message.chat, message.direction, message.text)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What Gemini is asked for one inbound message."""
+
+    message_id: int
+    bot_id: uuid.UUID
+    chat: str
+    sender: str
+    model: str
+    temperature: float
+    system_prompt: str
+    fallback_text: str
+    turns: list[Turn]
+
+
+def holds_lease(fence: Fence) -> Exists:
+    owner, epoch = fence
+    return Exists(Session.objects.filter(bot_id=OuterRef("bot_id"), lease_owner=owner, lease_epoch=epoch))
+
+
+def _move(message_id: int, statuses, fence: Fence | None, **changes) -> bool:
+    """Compare-and-set a message's status, only while ``fence`` (if given) holds the bot's lease.
+
+    In SQL: it is the pipeline's most frequent statement, and the ORM spends several
+    times the database's time building it with an Exists() like :func:`holds_lease`.
+    """
+    changes["updated_at"] = timezone.now()
+    fields = [Message._meta.get_field(name) for name in changes]
+    quote = connection.ops.quote_name
+    table, sessions = quote(Message._meta.db_table), quote(Session._meta.db_table)
+    sql = (
+        f"UPDATE {table} SET {', '.join(f'{quote(field.column)} = %s' for field in fields)}"
+        f" WHERE {quote('id')} = %s AND {quote('status')} IN ({', '.join(['%s'] * len(statuses))})"
+    )
+    params = [field.get_db_prep_save(changes[field.name], connection) for field in fields]
+    params += [message_id, *(str(status) for status in statuses)]
+    if fence is not None:
+        sql += (
+            f" AND EXISTS (SELECT 1 FROM {sessions} WHERE {sessions}.{quote('bot_id')} = {table}.{quote('bot_id')}"
+            f" AND {sessions}.{quote('lease_owner')} = %s AND {sessions}.{quote('lease_epoch')} = %s)"
+        )
+        params += list(fence)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount == 1
+
+
+def begin(message_id: int, fence: Fence, now: datetime.datetime | None = None) -> Prompt | Work | None:
+    """Decide on an inbound message: a Prompt for Gemini, a reply to send (Work), or None (nothing to do)."""
+    message = (
+        Message.objects.select_related("bot__session")
+        .filter(pk=message_id, direction=Direction.IN, status__in=ACTIVE)
+        .first()
+    )
+    if message is None:
+        return None
+    bot, session = message.bot, message.bot.session
+    if (session.lease_owner, session.lease_epoch) != fence:
+        return None
+    decision = decide(message, bot, session, now or timezone.now())
+    if decision.action in (IGNORE, FAIL):
+        status = MessageStatus.IGNORED if decision.action == IGNORE else MessageStatus.FAILED
+        _move(message_id, ACTIVE, fence, status=status, error=decision.reason)
+        return None
+    if decision.action == CANNED:
+        return reply(
+            message_id,
+            ACTIVE,
+            decision.text,
+            fence,
+            bot_id=bot.pk,
+            chat=message.chat,
+            sender=jids.account_jid(session.jid, session.phone),
+        )
+    if not _move(message_id, ACTIVE, fence, status=MessageStatus.REPLYING):
+        return None
+    return Prompt(
+        message_id=message_id,
+        bot_id=bot.pk,
+        chat=message.chat,
+        sender=jids.account_jid(session.jid, session.phone),
+        model=bot.model,
+        temperature=bot.temperature,
+        system_prompt=bot.system_prompt,
+        fallback_text=bot.fallback_text,
+        turns=history(message),
+    )
+
+
+def reply(
+    message_id: int,
+    statuses,
+    text: str,
+    fence: Fence,
+    *,
+    bot_id: uuid.UUID,
+    chat: str,
+    sender: str,
+    error: str = "",
+    ai_latency_ms: int | None = None,
+) -> Work | None:
+    """Mark an inbound message answered and queue its reply, in one transaction (invariant 4).
+
+    An empty ``text`` (a failed answer and no fallback text) ends it ``failed`` instead.
+    Returns the queued reply, or None when there is nothing to send.
+    """
+    text = text.strip()[:TEXT_LIMIT]
+    changes: dict = {"error": error[:500], "ai_latency_ms": ai_latency_ms}
+    with transaction.atomic():
+        if not text:
+            _move(message_id, statuses, fence, status=MessageStatus.FAILED, **changes)
+            return None
+        if not _move(message_id, statuses, fence, status=MessageStatus.REPLIED, **changes):
+            return None
+        answer = Message.objects.queue(bot_id=bot_id, chat=chat, text=text, sender=sender, in_reply_to_id=message_id)
+    return Work.of(answer)
+
+
+def finish(prompt: Prompt, answer: gemini.Answer, fence: Fence) -> Work | None:
+    """Gemini answered (or failed: then the fallback text goes, and the reason is kept)."""
+    text = answer.text if answer.text is not None else prompt.fallback_text
+    error = "" if answer.text is not None else answer.reason
+    if answer.text is None and not prompt.fallback_text.strip():
+        error = f"{error}; no fallback text"
+    return reply(
+        prompt.message_id,
+        [MessageStatus.REPLYING],
+        text,
+        fence,
+        bot_id=prompt.bot_id,
+        chat=prompt.chat,
+        sender=prompt.sender,
+        error=error,
+        ai_latency_ms=answer.latency_ms,
+    )
+
+
+def claim(message_id: int, fence: Fence) -> bool:
+    """The outbox takes a queued message to send it."""
+    return _move(message_id, [MessageStatus.QUEUED], fence, status=MessageStatus.SENDING)
+
+
+def mark_sent(message_id: int, wa_id: str, fence: Fence | None = None) -> None:
+    """Run by the provider as the send's commit. With a fence (atomic providers), a lost lease undoes the send."""
+    if _move(
+        message_id, [MessageStatus.SENDING], fence, status=MessageStatus.SENT, wa_id=wa_id, sent_at=timezone.now()
+    ):
+        return
+    if fence is not None:
+        raise Fenced(f"message {message_id} is no longer this shard's to send")
+    logger.warning("message %s was sent as %s but was no longer 'sending'", message_id, wa_id)
+
+
+def requeue(message_id: int, fence: Fence) -> bool:
+    return _move(message_id, [MessageStatus.SENDING], fence, status=MessageStatus.QUEUED)
+
+
+def send_failed(message_id: int, fence: Fence, error: str) -> bool:
+    return _move(message_id, [MessageStatus.SENDING], fence, status=MessageStatus.FAILED, error=error[:500])
+
+
+def queued_in_chat(bot_id: uuid.UUID, chat: str, before: int) -> list[Work]:
+    rows = Message.objects.filter(
+        bot_id=bot_id, chat=chat, direction=Direction.OUT, status=MessageStatus.QUEUED, pk__lt=before
+    ).order_by("pk")
+    return [Work.of(row) for row in rows]
+
+
+def pending(inbound_bots: list[uuid.UUID], outbound_bots: list[uuid.UUID], limit: int = 500) -> list[Work]:
+    """Inbound messages still to answer and outbound ones still to send, oldest first."""
+    wanted = []
+    if inbound_bots:
+        wanted.append(Q(bot_id__in=inbound_bots, status__in=ACTIVE))
+    if outbound_bots:
+        wanted.append(Q(bot_id__in=outbound_bots, status=MessageStatus.QUEUED))
+    if not wanted:
+        return []
+    rows = (
+        Message.objects.filter(functools.reduce(operator.or_, wanted))
+        .only("bot_id", "chat", "direction", "text")
+        .order_by("pk")[:limit]
+    )
+    return [Work.of(row) for row in rows]
+
+
+def recover(bot_id: uuid.UUID, fence: Fence, atomic_send: bool) -> list[Work]:
+    """A shard took a bot: settle the sends its last host left half done, and return the work it left.
+
+    A ``sending`` row of an atomic provider (the simulator) was not sent: its send
+    and its ``sent`` mark are one transaction. Sent again, it is sent once. With
+    neonize it may have left: it is marked failed rather than risk a double.
+    """
+    stuck = Message.objects.filter(bot_id=bot_id, status=MessageStatus.SENDING).filter(holds_lease(fence))
+    if atomic_send:
+        stuck.update(status=MessageStatus.QUEUED, updated_at=timezone.now())
+    else:
+        stuck.update(status=MessageStatus.FAILED, error=INTERRUPTED, updated_at=timezone.now())
+    return pending([bot_id], [bot_id])
+
+
+# --- The shard's reply pipeline -------------------------------------------------------------
+
+
+class ReplyPipeline:
+    """A shard's replies: in order within a chat, concurrently across chats, Gemini calls bounded.
+
+    Each chat with work has one task draining its line of messages; Gemini calls
+    take a slot of WHATSAPP_AI_CONCURRENCY. Messages come from ``received``
+    (stored just now), ``recover`` (a bot just taken) and ``scan`` (outbound
+    messages queued by the API, replies that waited for a connection, and now
+    and then every unanswered inbound message: the database is the truth).
+    """
+
+    def __init__(self, shard: Shard, db_threads: int = 4) -> None:
+        self.shard = shard
+        # Threads of its own: a burst of replies never holds up the shard's storing of new
+        # messages or its connection writes, which queue on the shard's threads.
+        self.db_pool = concurrent.futures.ThreadPoolExecutor(db_threads, thread_name_prefix="reply-db")
+        from whatsapp.pool import _db_call  # the shard's: a broken connection is replaced, not reused
+
+        self._db_call = _db_call
+        self.ai_slots = asyncio.Semaphore(settings.WHATSAPP_AI_CONCURRENCY)
+        self.lines: dict[tuple[uuid.UUID, str], collections.deque[Work]] = {}
+        self.lined: set[int] = set()
+        # Chats with a reply that could not be sent (not connected): later ones wait for it.
+        self.held: set[tuple[uuid.UUID, str]] = set()
+        self.tasks: set[asyncio.Task] = set()
+        self.last_sweep = time.monotonic()
+
+    async def start(self) -> None:
+        try:
+            # Built off the loop: it takes tens of milliseconds.
+            await asyncio.to_thread(gemini.client)
+        except Exception as exc:
+            logger.error("Gemini client unavailable: %s; replies will use the fallback text", exc)
+
+    async def stop(self) -> None:
+        """Cancel every reply in progress; the next host of each bot picks them up from the database."""
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.lines.clear()
+        self.lined.clear()
+        # Waits for statements already running (milliseconds), off the loop, and not forever.
+        waiting = asyncio.get_running_loop().run_in_executor(None, self.db_pool.shutdown)
+        try:
+            await asyncio.wait_for(waiting, STOP_SECONDS)
+        except TimeoutError:
+            logger.warning("reply database threads still busy after %.0f s; leaving them", STOP_SECONDS)
+
+    async def db(self, fn, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(
+            self.db_pool, functools.partial(self._db_call, fn, *args, **kwargs)
+        )
+
+    # --- where work comes from ---
+
+    def received(self, message: Message) -> None:
+        if message.status in ACTIVE:
+            self.submit(Work.of(message))
+
+    async def recover(self, hosted: Hosted) -> None:
+        atomic = getattr(self.shard.providers.get(hosted.provider), "atomic_send", False)
+        for work in await self.db(recover, hosted.bot_id, self.shard.fence(hosted), atomic):
+            self.submit(work)
+
+    async def scan(self) -> None:
+        connected = [bot_id for bot_id, hosted in self.shard.hosted.items() if hosted.phase == "connected"]
+        inbound: list[uuid.UUID] = []
+        if time.monotonic() - self.last_sweep >= SWEEP_SECONDS:
+            self.last_sweep = time.monotonic()
+            inbound = list(self.shard.hosted)
+        if connected or inbound:
+            for work in await self.db(pending, inbound, connected):
+                self.submit(work)
+
+    def submit(self, work: Work) -> None:
+        if work.id in self.lined or work.bot_id not in self.shard.hosted:
+            return
+        self.lined.add(work.id)
+        key = (work.bot_id, work.chat)
+        line = self.lines.get(key)
+        if line is None:
+            line = self.lines[key] = collections.deque()
+            task = asyncio.create_task(self._drain(key, line), name=f"chat {work.chat}")
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        line.append(work)
+
+    # --- one chat, in order ---
+
+    async def _drain(self, key: tuple[uuid.UUID, str], line: collections.deque[Work]) -> None:
+        try:
+            while line:
+                work = line[0]
+                try:
+                    if work.direction == Direction.IN:
+                        await self._answer(work)
+                    else:
+                        await self._send(work)
+                except Exception:
+                    # Left as it is in the database: the next sweep or host tries again.
+                    logger.exception("message %s: reply step failed", work.id)
+                finally:
+                    line.popleft()
+                    self.lined.discard(work.id)
+        finally:
+            if self.lines.get(key) is line:
+                del self.lines[key]
+
+    async def _answer(self, work: Work) -> None:
+        hosted = self.shard.hosted.get(work.bot_id)
+        if hosted is None:
+            return
+        fence = self.shard.fence(hosted)
+        step = await self.db(begin, work.id, fence)
+        if isinstance(step, Prompt):
+            async with self.ai_slots:
+                answer = await gemini.generate(
+                    model=step.model, system_prompt=step.system_prompt, temperature=step.temperature, turns=step.turns
+                )
+            step = await self.db(finish, step, answer, fence)
+        if step is not None:
+            await self._send(step)
+
+    async def _send(self, work: Work) -> None:
+        key = (work.bot_id, work.chat)
+        if key in self.held:
+            # Earlier replies of this chat are waiting: they go first.
+            self.held.discard(key)
+            for earlier in await self.db(queued_in_chat, work.bot_id, work.chat, work.id):
+                if not await self._send_one(earlier):
+                    self.held.add(key)
+                    return
+        if not await self._send_one(work):
+            self.held.add(key)
+
+    async def _send_one(self, work: Work) -> bool:
+        """Claim and send one outbound message; False when it must wait for a connection."""
+        hosted = self.shard.hosted.get(work.bot_id)
+        if hosted is None:
+            return True  # not ours anymore: its next host sends it
+        if hosted.client is None or hosted.phase != "connected":
+            return False
+        fence = self.shard.fence(hosted)
+        if not await self.db(claim, work.id, fence):
+            return True  # sent or claimed already
+        client = hosted.client
+        atomic = getattr(self.shard.providers.get(hosted.provider), "atomic_send", False)
+        commit = functools.partial(mark_sent, work.id, fence=fence if atomic else None)
+        try:
+            if client is None:
+                raise NotConnected("not connected")
+            await client.send_text(work.chat, work.text, commit)
+        except NotConnected:
+            await self.db(requeue, work.id, fence)
+            return False
+        except Fenced:
+            return True  # the lease moved while sending: nothing was sent, the next host sends it
+        except Exception as exc:
+            logger.warning("message %s: send failed: %r", work.id, exc)
+            await self.db(send_failed, work.id, fence, f"{type(exc).__name__}: {exc}")
+        return True
