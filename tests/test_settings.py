@@ -209,7 +209,9 @@ print(json.dumps({
 VISIT = """
 import json
 from django.conf import settings as s
+from django.core.management import call_command
 from django.test import Client
+call_command("migrate", verbosity=0)  # a healthy deployment is a migrated one
 login = Client().get("/login/")
 health = Client().get("/healthz")
 print(json.dumps({
@@ -256,7 +258,9 @@ def test_it_serves_plain_http_with_debug_off_and_https_unset(tmp_path):
 def test_it_passes_the_deployment_checklist_with_https_on():
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        env=environment(DEBUG="0", HTTPS="1", SECRET_KEY=A_SECRET_KEY, ALLOWED_HOSTS="bots.example.com"),
+        env=environment(
+            DEBUG="0", HTTPS="1", SECRET_KEY=A_SECRET_KEY, ALLOWED_HOSTS="bots.example.com", GEMINI_API_KEY="a-key"
+        ),
         cwd=PROJECT,
         capture_output=True,
         text=True,
@@ -265,6 +269,21 @@ def test_it_passes_the_deployment_checklist_with_https_on():
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_it_warns_a_deployment_without_a_gemini_key():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy"],
+        env=environment(DEBUG="0", HTTPS="1", SECRET_KEY=A_SECRET_KEY, ALLOWED_HOSTS="bots.example.com"),
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "bots.W001" in result.stderr + result.stdout
+    assert "GEMINI_API_KEY" in result.stderr + result.stdout
 
 
 # --- The Env helpers ---------------------------------------------------------------------

@@ -93,3 +93,40 @@ def hosted_rows(bot_ids: list[uuid.UUID]) -> list[dict]:
 
 def provider_of(bot_id: uuid.UUID) -> str:
     return Bot.objects.filter(pk=bot_id).values_list("whatsapp_provider", flat=True).get()
+
+
+def phone_of(bot_id: uuid.UUID) -> str:
+    """The phone number a bot is linked to ('' before pairing)."""
+    return Session.objects.filter(pk=bot_id).values_list("phone", flat=True).get()
+
+
+def phone_taken(bot_id: uuid.UUID, phone: str) -> bool:
+    """Another live neonize bot is linked to this number (neonize keys its clients by number)."""
+    return (
+        Session.objects.filter(phone=phone, bot__deleted_at__isnull=True, bot__whatsapp_provider="neonize")
+        .exclude(pk=bot_id)
+        .exists()
+    )
+
+
+def beat(owner: str, host: str, pid: int, capacity: int, hosted: int) -> None:
+    """Say this shard is alive and how much it holds (database clock)."""
+    from whatsapp.models import ShardHeartbeat
+
+    ShardHeartbeat.objects.update_or_create(
+        shard_id=owner, defaults={"host": host, "pid": pid, "capacity": capacity, "hosted": hosted, "seen_at": Now()}
+    )
+
+
+def forget_shard(owner: str) -> None:
+    from whatsapp.models import ShardHeartbeat
+
+    ShardHeartbeat.objects.filter(shard_id=owner).delete()
+
+
+def free_capacity(ttl: float) -> dict[str, int]:
+    """Free room of each shard seen within the lease TTL."""
+    from whatsapp.models import ShardHeartbeat
+
+    live = ShardHeartbeat.objects.filter(seen_at__gte=Now() - datetime.timedelta(seconds=ttl))
+    return {row.shard_id: max(0, row.capacity - row.hosted) for row in live}

@@ -193,3 +193,22 @@ class SimulatorSent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.wa_id} to {self.to}"
+
+
+class ShardHeartbeat(models.Model):
+    """A live shard and what it can hold: for placement, health checks and metrics."""
+
+    shard_id = models.CharField(max_length=64, primary_key=True)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    capacity = models.PositiveIntegerField()
+    hosted = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(auto_now_add=True)
+    seen_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        verbose_name = _("shard")
+        verbose_name_plural = _("shards")
+
+    def __str__(self) -> str:
+        return self.shard_id
