@@ -175,8 +175,15 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    "loggers": {
+        "django.channels.server": {"level": "WARNING"},
+        # A line per Gemini request otherwise; the SDK still logs its retries.
+        "httpx2": {"level": "WARNING"},
+    },
 }
+
+# /metrics answers loopback, or anyone with this bearer token.
+METRICS_TOKEN = env.str("METRICS_TOKEN")
 
 # --- Gemini ------------------------------------------------------------------
 
@@ -184,6 +191,8 @@ GEMINI_API_KEY = env.str("GEMINI_API_KEY")
 GEMINI_BASE_URL = env.url("GEMINI_BASE_URL", ("http", "https"))
 GEMINI_MODEL = env.str("GEMINI_MODEL", "gemini-2.5-flash")
 GEMINI_REPLY_DEADLINE = env.float("GEMINI_REPLY_DEADLINE", 25.0, min=1, max=600)
+# One HTTP request to Gemini; failed ones are retried within GEMINI_REPLY_DEADLINE.
+GEMINI_REQUEST_TIMEOUT = env.float("GEMINI_REQUEST_TIMEOUT", 12.0, min=0.1, max=600)
 
 # --- WhatsApp pool -------------------------------------------------------------
 

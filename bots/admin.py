@@ -1,51 +1,21 @@
 from __future__ import annotations
 
-import re
-
-from django import forms
-from django.conf import settings
 from django.contrib import admin, messages
+from django.template.loader import render_to_string
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
-from bots.models import MODEL_NAME_PATTERN, ApiToken, Bot, Message, Provider
+from bots.forms import BotForm
+from bots.models import ApiToken, Bot, Message
+from whatsapp import control
+from whatsapp.models import Session
 
 
-class BotAdminForm(forms.ModelForm):
-    """The limits the JSON API enforces (DESIGN.md section 6), so staff cannot save a bot that cannot reply."""
+class BotAdminForm(BotForm):
+    """The API's limits (bots/forms.py), plus the owner that staff choose."""
 
-    class Meta:
-        model = Bot
-        fields = [
-            "owner",
-            "name",
-            "is_active",
-            "system_prompt",
-            "model",
-            "temperature",
-            "fallback_text",
-            "reply_in_groups",
-            "whatsapp_provider",
-        ]
-
-    def clean_model(self) -> str:
-        model = self.cleaned_data["model"]
-        if not re.fullmatch(MODEL_NAME_PATTERN, model):
-            raise forms.ValidationError(_("Use lower-case letters, digits, dots and hyphens, e.g. gemini-2.5-flash."))
-        return model
-
-    def clean_temperature(self) -> float:
-        temperature = self.cleaned_data["temperature"]
-        if not 0 <= temperature <= 2:
-            raise forms.ValidationError(_("The temperature goes from 0 to 2."))
-        return temperature
-
-    def clean_whatsapp_provider(self) -> str:
-        provider = self.cleaned_data["whatsapp_provider"]
-        # Existing simulator bots stay editable after the simulator is switched off.
-        changed = "whatsapp_provider" in self.changed_data
-        if changed and provider == Provider.SIMULATOR and not settings.WHATSAPP_SIMULATOR:
-            raise forms.ValidationError(_("The simulator is not enabled on this server."))
-        return provider
+    class Meta(BotForm.Meta):
+        fields = ["owner", *BotForm.Meta.fields]
 
 
 class DeletedFilter(admin.SimpleListFilter):
@@ -63,6 +33,28 @@ class DeletedFilter(admin.SimpleListFilter):
         return queryset
 
 
+class SessionInline(admin.StackedInline):
+    """The bot's WhatsApp session, read-only, with its history from the event log."""
+
+    model = Session
+    verbose_name_plural = _("WhatsApp session")
+    fields = ["status", "phone", "push_name", "last_error", "failures", "lease_owner", "updated_at", "history"]
+    readonly_fields = fields
+    can_delete = False
+
+    @admin.display(description=_("history"))
+    def history(self, session: Session) -> str:
+        events = session.events.order_by("-version")[:50]
+        return render_to_string("admin/bots/session_history.html", {"events": events})
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Written by the pool through one path (invariant 2); staff use the actions.
+        return False
+
+
 @admin.register(Bot)
 class BotAdmin(admin.ModelAdmin):
     form = BotAdminForm
@@ -74,19 +66,88 @@ class BotAdmin(admin.ModelAdmin):
     autocomplete_fields = ["owner"]
     fieldsets = [
         (None, {"fields": ["id", "owner", "name", "is_active"]}),
-        (_("AI"), {"fields": ["system_prompt", "model", "temperature", "fallback_text", "reply_in_groups"]}),
+        (
+            _("AI"),
+            {
+                "fields": [
+                    "system_prompt",
+                    "model",
+                    "temperature",
+                    "fallback_text",
+                    "non_text_reply",
+                    "reply_in_groups",
+                ]
+            },
+        ),
         (_("WhatsApp"), {"fields": ["whatsapp_provider"]}),
         (_("Times"), {"fields": ["created_at", "updated_at", "deleted_at"]}),
     ]
+    inlines = [SessionInline]
+    actions = ["connect_whatsapp", "disconnect_whatsapp", "logout_whatsapp"]
+
+    def get_inline_instances(self, request, obj=None):
+        # A new bot's session is created with it (Bot.save): there is nothing to show before.
+        return super().get_inline_instances(request, obj) if obj is not None else []
 
     @admin.display(description=_("WhatsApp"), ordering="session__status")
     def connection_status(self, bot: Bot) -> str:
         return bot.session.get_status_display()
 
+    @admin.action(description=_("Connect to WhatsApp"))
+    def connect_whatsapp(self, request, queryset) -> None:
+        """A connect request per bot, as the operator's; the rate limits count the staff member's requests."""
+        connected, limited = 0, []
+        for bot in queryset.filter(deleted_at__isnull=True):
+            try:
+                control.request_connect(bot, request.user)
+            except control.RateLimited as exc:
+                limited.append(f"{bot.name} ({exc.retry_after} s)")
+            else:
+                connected += 1
+        if connected:
+            self.message_user(
+                request,
+                ngettext(
+                    "Asked %(count)d bot to connect: its QR code shows on its page.",
+                    "Asked %(count)d bots to connect: their QR codes show on their pages.",
+                    connected,
+                )
+                % {"count": connected},
+                messages.SUCCESS,
+            )
+        if limited:
+            self.message_user(
+                request,
+                _("Too many connect requests; try again later for: %(bots)s.") % {"bots": ", ".join(limited)},
+                messages.ERROR,
+            )
+
+    @admin.action(description=_("Disconnect from WhatsApp (the phone stays linked)"))
+    def disconnect_whatsapp(self, request, queryset) -> None:
+        count = len([control.request_disconnect(bot) for bot in queryset])
+        message = ngettext("Asked %(count)d bot to disconnect.", "Asked %(count)d bots to disconnect.", count)
+        self.message_user(request, message % {"count": count}, messages.SUCCESS)
+
+    @admin.action(description=_("Log out of WhatsApp (unlink the device)"))
+    def logout_whatsapp(self, request, queryset) -> None:
+        count = len([control.request_logout(bot) for bot in queryset])
+        message = ngettext("Asked %(count)d bot to log out.", "Asked %(count)d bots to log out.", count)
+        self.message_user(request, message % {"count": count}, messages.SUCCESS)
+
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "bot", "direction", "chat", "short_text", "type", "status", "ai_latency_ms"]
+    list_display = [
+        "created_at",
+        "bot",
+        "direction",
+        "chat",
+        "short_text",
+        "type",
+        "status",
+        "ai_latency_ms",
+        "short_error",
+    ]
     list_filter = ["direction", "status", "type"]
     search_fields = ["chat", "sender", "wa_id", "text", "bot__name"]
     list_select_related = ["bot"]
@@ -97,6 +158,11 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description=_("text"))
     def short_text(self, message: Message) -> str:
         return message.text[:80]
+
+    @admin.display(description=_("reason"))
+    def short_error(self, message: Message) -> str:
+        # Why it was ignored or failed, or what Gemini did when the fallback text went.
+        return message.error[:80]
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -8,13 +8,15 @@ platform itself, or a logged-in browser session with CSRF enforced.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from bots.models import ApiToken, Bot
+from bots.models import ApiToken, Bot, Message
+from tests.processes import Proc, Web, start_pool, start_web
 
 
 @dataclass
@@ -87,6 +89,37 @@ def make_bot(owner: User, **fields) -> Bot:
     fields.setdefault("name", f"{owner.username}'s bot")
     fields.setdefault("whatsapp_provider", "simulator")
     return Bot.objects.create(owner=owner, **fields)
+
+
+def make_message(bot: Bot, text: str, **fields) -> Message:
+    fields.setdefault("chat", "5511999990001@s.whatsapp.net")
+    fields.setdefault("sender", fields["chat"])
+    fields.setdefault("direction", "in")
+    fields.setdefault("status", "received")
+    return Message.objects.create(bot=bot, text=text, **fields)
+
+
+@pytest.fixture
+def web() -> Iterator[Web]:
+    """daphne serving the app on a free port, against the test database (tests.processes)."""
+    server = start_web()
+    yield server
+    server.proc.stop()
+
+
+@pytest.fixture
+def pool() -> Iterator[Callable[..., Proc]]:
+    """pool(*args, **env) starts `run_whatsapp` against the test database; all are stopped afterwards."""
+    pools: list[Proc] = []
+
+    def start(*args: str, **env: str) -> Proc:
+        proc = start_pool(*args, **env)
+        pools.append(proc)
+        return proc
+
+    yield start
+    for proc in pools:
+        proc.stop()
 
 
 def error_of(response) -> dict:

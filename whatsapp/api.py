@@ -15,7 +15,7 @@ from pydantic import AfterValidator, ConfigDict
 
 from botplatform.api import ApiError, parse_body
 from bots.api import ERRORS, Error, WhatsappStatus, get_bot, json_body
-from whatsapp import control, jids
+from whatsapp import control, jids, leases
 from whatsapp.models import Session, Status
 
 router = Router(tags=["whatsapp"])
@@ -51,6 +51,8 @@ def _connect(request: HttpRequest, bot_id: uuid.UUID, pairing: bool) -> tuple[di
         status = bot.session.status
         if pairing and status == Status.CONNECTED:
             raise ApiError(409, "already_connected", "This bot is connected already; log it out to pair another phone.")
+        if pairing and bot.whatsapp_provider == "neonize" and leases.phone_taken(bot.pk, phone):
+            raise ApiError(409, "phone_in_use", "This number is already linked to another bot; unlink it there first.")
         if not pairing and status in (Status.QR_REQUIRED, Status.CONNECTED):
             return bot.session.status_payload(), ""
         try:

@@ -41,6 +41,21 @@ def chat_jid(value: str) -> str:
     return user_jid(value)
 
 
+def user_of(jid: str) -> str:
+    """The user part of a JID: ``5511987654321`` of ``5511987654321:7@s.whatsapp.net``."""
+    return jid.partition("@")[0].partition(":")[0]
+
+
+def account_jid(device_jid: str, phone: str = "") -> str:
+    """The user JID of a linked device's own account, '' before pairing."""
+    user = user_of(device_jid) or phone
+    return f"{user}@{USER_SERVER}" if user else ""
+
+
+def is_group(chat: str) -> bool:
+    return chat.endswith(f"@{GROUP_SERVER}")
+
+
 def group_jid(value: str) -> str:
     value = value.strip()
     if not GROUP_JID.match(value):

@@ -10,9 +10,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from bots.models import ApiToken, Bot, Message
-from tests.conftest import make_bot
-from whatsapp.models import Session, SessionEvent, Status
+from bots.models import ApiToken, Bot
+from tests.conftest import make_bot, make_message
+from whatsapp.models import ConnectRequest, Session, SessionEvent, Status
 
 
 @pytest.fixture
@@ -51,14 +51,6 @@ def column(response, name: str) -> list[str]:
 
 def set_session(bot: Bot, **fields) -> None:
     Session.objects.filter(bot=bot).update(**fields)
-
-
-def make_message(bot: Bot, text: str, **fields) -> Message:
-    fields.setdefault("chat", "5511999990001@s.whatsapp.net")
-    fields.setdefault("sender", fields["chat"])
-    fields.setdefault("direction", "in")
-    fields.setdefault("status", "received")
-    return Message.objects.create(bot=bot, text=text, **fields)
 
 
 def add_event(bot: Bot, version: int, event: str, status: str, detail: str = "") -> SessionEvent:
@@ -377,3 +369,76 @@ def test_it_shows_staff_every_model_on_the_admin_index(admin_client):
         "/admin/whatsapp/sessionevent/",
     ):
         assert f'href="{path}"' in page
+
+
+# --- Bot actions and the session history on the bot's page -------------------------------------
+
+
+def run_action(admin_client: Client, action: str, *bots: Bot):
+    return admin_client.post(
+        "/admin/bots/bot/", {"action": action, "_selected_action": [bot.pk for bot in bots]}, follow=True
+    )
+
+
+def test_it_connects_bots_from_the_admin(admin_client, staff, alice, bob):
+    support = make_bot(alice, name="Support")
+    sales = make_bot(bob, name="Sales")
+
+    page = page_of(run_action(admin_client, "connect_whatsapp", support, sales))
+
+    assert "Asked 2 bots to connect" in page
+    for bot in (support, sales):
+        session = Session.objects.get(bot=bot)
+        assert (session.status, session.desired_connected) == (Status.CONNECTING, True)
+    assert set(ConnectRequest.objects.values_list("user__username", flat=True)) == {"staff"}
+
+
+def test_it_reports_rate_limited_connects_in_the_admin(admin_client, alice, settings):
+    settings.WHATSAPP_CONNECT_RATE_BOT = (1, 60)
+    bot = make_bot(alice, name="Support")
+    run_action(admin_client, "connect_whatsapp", bot)
+    Session.objects.filter(bot=bot).update(status=Status.QR_TIMEOUT)
+
+    page = page_of(run_action(admin_client, "connect_whatsapp", bot))
+
+    assert re.search(r"Too many connect requests; try again later for: Support \(\d+ s\)\.", unescape(page))
+    assert "Asked 1 bot to connect" not in page
+    assert Session.objects.get(bot=bot).status == Status.QR_TIMEOUT
+    assert ConnectRequest.objects.count() == 1
+
+
+def test_it_disconnects_and_logs_out_bots_from_the_admin(admin_client, alice):
+    support = make_bot(alice, name="Support")
+    sales = make_bot(alice, name="Sales")
+    Session.objects.update(desired_connected=True, status=Status.CONNECTED)
+
+    disconnected = page_of(run_action(admin_client, "disconnect_whatsapp", support))
+    logged_out = page_of(run_action(admin_client, "logout_whatsapp", sales))
+
+    assert "Asked 1 bot to disconnect." in disconnected
+    assert "Asked 1 bot to log out." in logged_out
+    support_session, sales_session = Session.objects.get(bot=support), Session.objects.get(bot=sales)
+    assert (support_session.desired_connected, support_session.logout_requested) == (False, False)
+    assert (sales_session.desired_connected, sales_session.logout_requested) == (False, True)
+
+
+def test_it_shows_the_session_and_its_history_on_the_bots_page(admin_client, alice):
+    bot = make_bot(alice, name="Support")
+    set_session(bot, status=Status.CONNECTED, phone="5511911112222", last_error="")
+    add_event(bot, 1, "connecting", Status.CONNECTING)
+    add_event(bot, 2, "qr", Status.QR_REQUIRED, "first QR code")
+    add_event(bot, 3, "connected", Status.CONNECTED, "paired as 5511911112222")
+
+    page = page_of(admin_client.get(f"/admin/bots/bot/{bot.pk}/change/"))
+
+    assert "WhatsApp session" in page and "5511911112222" in page
+    assert page.index("paired as 5511911112222") < page.index("first QR code")
+    assert 'name="session-0-status"' not in page and 'name="session-0-phone"' not in page
+    assert 'value="connect_whatsapp"' not in page, "actions live on the list"
+    # Saving the bot leaves the session alone; the form posts the read-only inline's management form as a browser would.
+    inline = dict(re.findall(r'name="(session-(?:TOTAL|INITIAL|MIN_NUM|MAX_NUM)_FORMS)" value="(\d+)"', page))
+    assert inline["session-TOTAL_FORMS"] == "1"
+    response = admin_client.post(f"/admin/bots/bot/{bot.pk}/change/", {**bot_form(alice), **inline, "name": "Renamed"})
+    assert response.status_code == 302
+    assert Bot.objects.get(pk=bot.pk).name == "Renamed"
+    assert Session.objects.get(bot=bot).status == Status.CONNECTED

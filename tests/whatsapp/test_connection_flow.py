@@ -12,32 +12,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bots.models import ApiToken, Message
-from tests.processes import pid_of, start_pool, start_web, wait_until
+from tests.processes import pid_of, wait_until
 from tests.whatsapp.live import QR_PAYLOAD, Frames, create_bot, decode_qr, open_events, pair, status_of, wait_for_status
 from whatsapp.models import Session, SessionEvent
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def web():
-    server = start_web()
-    yield server
-    server.proc.stop()
-
-
-@pytest.fixture
-def pool():
-    pools = []
-
-    def start(*args, **env):
-        proc = start_pool(*args, **env)
-        pools.append(proc)
-        return proc
-
-    yield start
-    for proc in pools:
-        proc.stop()
 
 
 @pytest.fixture

@@ -312,3 +312,92 @@ def test_importing_the_provider_does_not_load_neonize_in_the_web():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2]
     )
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_it_asks_for_the_pairing_code_from_the_first_qr():
+    bot_id = uuid.uuid4()
+    events = Recorder()
+    asked = []
+
+    def pair(client):
+        asked.append(client)
+        return "ABCD-EFGH"
+
+    handlers = Handlers(bot_id, events, lambda: None, pair)
+    handlers.qr("the client", b"2@first")
+    wait_until(lambda: events.calls, timeout=5)
+    handlers.qr("the client", b"2@second")
+    assert asked == ["the client"], "asked once, when the websocket is up"
+    assert events.calls == [
+        ("qr", bot_id, "2@first", 60.0, "ABCD-EFGH"),
+        ("qr", bot_id, "2@second", 20.0, "ABCD-EFGH"),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_two_bots_of_one_number_never_share_a_shard(shards, alice):  # noqa: F811
+    shard = await shards(providers={"neonize": HandlersOnly()})
+    first = await orm(make_bot, alice, whatsapp_provider="neonize")
+    second = await orm(make_bot, alice, whatsapp_provider="neonize")
+    for bot in (first, second):
+        await orm(
+            Session.objects.filter(pk=bot.pk).update, desired_connected=True, status=Status.CONNECTING, phone=PHONE
+        )
+    for _ in range(5):
+        await shard.step()
+    hosted = await orm(lambda: list(Session.objects.exclude(lease_owner="").values_list("pk", flat=True)))
+    assert len(hosted) == 1, "the second bot of that number is left for another shard"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_pairing_a_number_that_another_bot_uses_is_refused(shards, alice):  # noqa: F811
+    shard = await shards(providers={"neonize": HandlersOnly()})
+    linked = await orm(make_bot, alice, whatsapp_provider="neonize")
+    await orm(Session.objects.filter(pk=linked.pk).update, phone=PHONE, jid=f"{PHONE}:3@s.whatsapp.net")
+    bot = await orm(make_bot, alice, whatsapp_provider="neonize")
+    await orm(Session.objects.filter(pk=bot.pk).update, desired_connected=True, status=Status.CONNECTING)
+    await step_until(shard, lambda: Session.objects.filter(pk=bot.pk, lease_owner=shard.shard_id).exists())
+
+    handlers = Handlers(bot.pk, shard.events, lambda: None, None)
+    handlers.pair_status(
+        None, neonize_events.PairStatusEv(ID=jid(PHONE, 9), Status=neonize_events.PairStatusEv.SUCCESS)
+    )
+    handlers.connected(None, neonize_events.ConnectedEv())
+    # Failed, then released: the shard's last two writes.
+    await step_until(shard, lambda: Session.objects.filter(pk=bot.pk, status=Status.FAILED, lease_owner="").exists())
+    session = await orm(Session.objects.get, pk=bot.pk)
+    assert "already linked to another bot" in session.last_error
+    assert session.jid == "" and not session.desired_connected and session.lease_owner == ""
+    assert (await orm(Session.objects.get, pk=linked.pk)).phone == PHONE, "the first bot keeps its number"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pair_phone_refuses_a_number_another_bot_uses(alice, alice_api):
+    linked = make_bot(alice, whatsapp_provider="neonize")
+    Session.objects.filter(pk=linked.pk).update(phone=PHONE, status=Status.CONNECTED)
+    bot = make_bot(alice, whatsapp_provider="neonize")
+    response = alice_api.post(f"/api/bots/{bot.pk}/pair-phone", {"phone": f"+{PHONE}"})
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["code"] == "phone_in_use"
+    assert not Session.objects.get(pk=bot.pk).desired_connected
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_a_store_that_cannot_be_opened_fails_the_bots_not_the_shard(alice):
+    bot_id = neonize_bot(alice)
+    simulator_bot = make_bot(alice)
+    Session.objects.filter(pk=simulator_bot.pk).update(desired_connected=True, status=Status.CONNECTING)
+    # Nothing listens on port 1: the store cannot be reached.
+    pool = start_pool(WHATSAPP_STORE_URL="postgres://postgres@127.0.0.1:1/nowhere", **FAST_RETRIES)
+    try:
+        wait_until(lambda: Session.objects.get(pk=bot_id).status == Status.FAILED, timeout=40)
+        assert Session.objects.get(pk=bot_id).last_error.startswith("WhatsApp library unavailable")
+        wait_until(
+            lambda: Session.objects.get(pk=simulator_bot.pk).status == Status.QR_REQUIRED,
+            timeout=20,
+            message="the shard kept serving its other bots",
+        )
+        assert pool.process.poll() is None and "exited with" not in pool.log()
+    finally:
+        pool.stop()
