@@ -125,16 +125,8 @@ class NewBotForm(BotForm):
 
 class SettingsForm(BotForm):
     class Meta(BotForm.Meta):
-        fields = [
-            "name",
-            "is_active",
-            "system_prompt",
-            "model",
-            "temperature",
-            "fallback_text",
-            "non_text_reply",
-            "reply_in_groups",
-        ]
+        # The provider is chosen once, in the wizard.
+        fields = [name for name in BotForm.Meta.fields if name != "whatsapp_provider"]
 
 
 def validate_phone(value: str) -> str:

@@ -130,3 +130,18 @@ def error_of(response) -> dict:
     assert {"code", "message"} <= set(body["error"]), body
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     return body["error"]
+
+
+def assert_error(response, status: int, code: str, field: str | None = None) -> dict:
+    """An API error with this status and code (and, if given, a message for this field)."""
+    assert response.status_code == status, (response.status_code, response.content[:300])
+    error = error_of(response)
+    assert error["code"] == code, error
+    if field is not None:
+        assert field in error.get("fields", {}), error
+        assert isinstance(error["fields"][field], str) and error["fields"][field], error
+    return error
+
+
+def assert_invalid(response, field: str) -> dict:
+    return assert_error(response, 400, "validation_error", field)

@@ -17,7 +17,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from bots.models import ApiToken, Bot
-from tests.conftest import ApiClient, error_of, make_bot
+from tests.conftest import ApiClient, assert_error, assert_invalid, error_of, make_bot
 from whatsapp.models import Session
 
 BOT_KEYS = {
@@ -39,20 +39,6 @@ RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 MIB = 1024 * 1024
 # Valid JSON, just over the limit: only the size is wrong with it.
 TOO_LARGE = json.dumps({"systemPrompt": "x" * MIB}).encode()
-
-
-def assert_error(response, status: int, code: str, field: str | None = None) -> dict:
-    assert response.status_code == status, (response.status_code, response.content[:300])
-    error = error_of(response)
-    assert error["code"] == code, error
-    if field is not None:
-        assert field in error.get("fields", {}), error
-        assert isinstance(error["fields"][field], str) and error["fields"][field], error
-    return error
-
-
-def assert_invalid(response, field: str) -> dict:
-    return assert_error(response, 400, "validation_error", field)
 
 
 def bot_url(bot_or_id) -> str:

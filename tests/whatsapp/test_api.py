@@ -29,7 +29,7 @@ from django.test import Client
 from django.utils import timezone
 
 from bots.models import Bot
-from tests.conftest import ApiClient, error_of, make_bot
+from tests.conftest import ApiClient, assert_error, assert_invalid, make_bot
 from whatsapp import jids, state
 from whatsapp.models import (
     ConnectRequest,
@@ -75,20 +75,6 @@ SIMULATOR_ROUTES = [
     pytest.param("POST", "simulator/drop", None, id="drop"),
     pytest.param("GET", "simulator/sent", None, id="sent"),
 ]
-
-
-def assert_error(response, status: int, code: str, field: str | None = None) -> dict:
-    assert response.status_code == status, (response.status_code, response.content[:300])
-    error = error_of(response)
-    assert error["code"] == code, error
-    if field is not None:
-        assert field in error.get("fields", {}), error
-        assert isinstance(error["fields"][field], str) and error["fields"][field], error
-    return error
-
-
-def assert_invalid(response, field: str) -> dict:
-    return assert_error(response, 400, "validation_error", field)
 
 
 def url(bot_or_id, route: str) -> str:
