@@ -22,6 +22,8 @@ from pathlib import Path
 
 from django.db import connection
 
+from whatsapp.providers.neonize import postgres_url
+
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / "test-artifacts" / "logs"
 
@@ -37,11 +39,7 @@ def database_url() -> str:
     db = connection.settings_dict
     if db["ENGINE"].endswith("sqlite3"):
         return f"sqlite:///{db['NAME']}"
-    user = db.get("USER") or "postgres"
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    host = db.get("HOST") or "127.0.0.1"
-    port = db.get("PORT") or 5432
-    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
+    return postgres_url(db)
 
 
 def process_env(**overrides: str | None) -> dict[str, str]:

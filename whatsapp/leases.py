@@ -66,9 +66,10 @@ def release(bot_id: uuid.UUID, owner: str, epoch: int) -> bool:
 
 
 def release_all(owner: str) -> list[uuid.UUID]:
-    """Free every lease of a shard (it stopped or died); returns the bots it held."""
+    """Free every lease of a shard (it stopped or died) and forget its heartbeat; returns the bots it held."""
     held = list(Session.objects.filter(lease_owner=owner).values_list("pk", flat=True))
     Session.objects.filter(lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+    forget_shard(owner)
     return held
 
 

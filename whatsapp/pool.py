@@ -620,7 +620,6 @@ class Shard:
         await asyncio.gather(*(task for task in self._tasks if task.done()), return_exceptions=True)
         try:
             await self.db(leases.release_all, self.shard_id)
-            await self.db(leases.forget_shard, self.shard_id)
         except Exception:
             logger.warning("could not release the leases of %s", self.shard_id, exc_info=True)
         self.db_pool.shutdown(wait=False)
@@ -709,15 +708,7 @@ class Supervisor:
         """A shard died: free its bots at once so they move without waiting for lease expiry."""
         code = child.process.returncode
         logger.error("supervisor: shard %d (pid %d) exited with %s", child.index, child.process.pid, code)
-        close_old_connections()
-        try:
-            held = leases.release_all(child.shard_id)
-            leases.forget_shard(child.shard_id)
-            if held:
-                logger.info("supervisor: released %d bots of %s", len(held), child.shard_id)
-        except DatabaseError:
-            logger.exception("supervisor: could not release the leases of %s", child.shard_id)
-            connection.close()
+        self.free(child)
         lived = time.monotonic() - child.started_at
         if code == RECYCLE_EXIT_CODE:
             child.crashes, child.restart_at, child.process = 0, 0.0, None
@@ -757,11 +748,18 @@ class Supervisor:
                 logger.error("supervisor: shard %d did not stop in %.0f s; killing it", child.index, self.grace)
                 child.process.kill()
                 child.process.wait()
-        close_old_connections()
         for child in self.children:
             if child.shard_id:
-                try:
-                    leases.release_all(child.shard_id)
-                except DatabaseError:
-                    logger.exception("supervisor: could not release the leases of %s", child.shard_id)
+                self.free(child)
         logger.info("supervisor: stopped")
+
+    def free(self, child: Child) -> None:
+        """Release a stopped or dead shard's leases at once, so its bots move without waiting for expiry."""
+        close_old_connections()
+        try:
+            held = leases.release_all(child.shard_id)
+            if held:
+                logger.info("supervisor: released %d bots of %s", len(held), child.shard_id)
+        except DatabaseError:
+            logger.exception("supervisor: could not release the leases of %s", child.shard_id)
+            connection.close()

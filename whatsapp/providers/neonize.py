@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -70,16 +70,18 @@ def store_dsn() -> str:
     if db["ENGINE"].endswith("sqlite3"):
         main = Path(db["NAME"])
         return str(main.with_name(main.stem + ".whatsmeow.sqlite3"))
-    user = db.get("USER") or "postgres"
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return with_sslmode(postgres_url(db))
+
+
+def postgres_url(db: dict) -> str:
+    """A ``postgres://`` URL for a Django PostgreSQL connection's settings (its sslmode kept)."""
+    user = quote(db.get("USER") or "postgres", safe="")
+    password = f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else ""
     host = db.get("HOST") or "127.0.0.1"
     port = db.get("PORT") or 5432
-    query = {}
-    if (db.get("OPTIONS") or {}).get("sslmode"):
-        query["sslmode"] = db["OPTIONS"]["sslmode"]
-    return with_sslmode(
-        f"postgres://{user}{password}@{host}:{port}/{db['NAME']}" + (f"?{urlencode(query)}" if query else "")
-    )
+    sslmode = (db.get("OPTIONS") or {}).get("sslmode")
+    query = f"?{urlencode({'sslmode': sslmode})}" if sslmode else ""
+    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}{query}"
 
 
 def with_sslmode(url: str) -> str:
