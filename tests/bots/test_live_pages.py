@@ -14,6 +14,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.db import transaction
 from django.test import Client
 from django.utils import timezone
 
@@ -127,8 +128,15 @@ async def test_it_shows_new_conversations_and_grows_an_open_one(alice, fast):
     assert '<ul id="chat-list" class="chats" hx-swap-oob="true">' in chats and "Oi!" in chats
     assert await conversation.receive_nothing(timeout=0.3)
 
-    reply = await create(bot=bot, chat=chat, direction="out", text="Olá!", status="queued", in_reply_to=inbound)
-    await sync_to_async(Message.objects.filter(pk=inbound.pk).update)(status="replied")
+    def answer() -> Message:
+        # As the reply pipeline does: the reply row and the `replied` mark commit together.
+        with transaction.atomic():
+            Message.objects.filter(pk=inbound.pk).update(status="replied")
+            return Message.objects.create(
+                bot=bot, chat=chat, direction="out", text="Olá!", status="queued", in_reply_to=inbound
+            )
+
+    reply = await sync_to_async(answer)()
     grown = await next_html(conversation)
 
     assert '<ol hx-swap-oob="beforeend:#messages">' in grown
