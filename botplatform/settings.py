@@ -209,6 +209,8 @@ WHATSAPP_STORE_URL = env.url("WHATSAPP_STORE_URL", ("postgres", "postgresql", "s
 WHATSAPP_LEASE_TTL = env.int("WHATSAPP_LEASE_TTL", 15, min=6, max=600)
 WHATSAPP_AI_CONCURRENCY = env.int("WHATSAPP_AI_CONCURRENCY", 64, min=1, max=4096)
 WHATSAPP_REPLY_MAX_AGE = env.int("WHATSAPP_REPLY_MAX_AGE", 900, min=1)
+# Bots one shard hosts at most (it advertises the room left; placement shares bots by it).
+WHATSAPP_SHARD_CAPACITY = env.int("WHATSAPP_SHARD_CAPACITY", 1000, min=1, max=100_000)
 # neonize bots one shard hosts at most, and connect attempts before it recycles itself
 # (each attempt leaks a store connection: notes/neonize.md section 4).
 WHATSAPP_NEONIZE_CAPACITY = env.int("WHATSAPP_NEONIZE_CAPACITY", 200, min=1, max=2000)

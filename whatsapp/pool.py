@@ -125,12 +125,12 @@ class Shard:
         shard_id: str | None = None,
         *,
         providers: dict[str, Provider] | None = None,
-        capacity: int = 1000,
+        capacity: int | None = None,
         poll_interval: float | None = None,
         db_threads: int = 4,
     ) -> None:
         self.shard_id = shard_id or new_shard_id()
-        self.capacity = capacity
+        self.capacity = capacity or settings.WHATSAPP_SHARD_CAPACITY
         self.ttl = settings.WHATSAPP_LEASE_TTL
         self.poll_interval = poll_interval or (2.0 if settings.CHANNEL_LAYERS else 0.5)
         self.db_pool = concurrent.futures.ThreadPoolExecutor(db_threads, thread_name_prefix="shard-db")
@@ -703,6 +703,22 @@ class Supervisor:
         child.process = subprocess.Popen(self.command(child))
         child.started_at = time.monotonic()
         logger.info("supervisor: shard %d started as pid %d (%s)", child.index, child.process.pid, child.shard_id)
+        self.announce(child)
+
+    def announce(self, child: Child) -> None:
+        """Advertise a starting shard's room before it runs, so shards started together share the bots.
+
+        Placement counts the room of the shards it sees beating; without this the
+        first of N shards started at once saw none of its siblings and took every bot.
+        """
+        close_old_connections()
+        try:
+            leases.beat(
+                child.shard_id, socket.gethostname(), child.process.pid, settings.WHATSAPP_SHARD_CAPACITY, hosted=0
+            )
+        except DatabaseError:
+            logger.warning("supervisor: could not announce %s; it announces itself", child.shard_id, exc_info=True)
+            connection.close()
 
     def reap(self, child: Child) -> None:
         """A shard died: free its bots at once so they move without waiting for lease expiry."""

@@ -7,7 +7,8 @@ import pytest
 from bots.models import ApiToken
 from tests.processes import start_pool, start_web, wait_until
 from tests.whatsapp.live import Frames, create_bot, open_events, pair
-from whatsapp.models import Session, SessionEvent
+from tests.whatsapp.test_pool import wanting
+from whatsapp.models import Session, SessionEvent, SimulatorDevice
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
@@ -48,3 +49,25 @@ def test_sigterm_to_one_pool_moves_its_bots_to_the_other_without_a_qr(alice):
         if second is not None:
             second.stop()
         web.proc.stop()
+
+
+def test_shards_started_together_share_the_waiting_bots(alice):
+    """A pool restarted with several shards spreads its bots instead of piling them on the first shard up."""
+    bots = []
+    for n in range(6):
+        jid = f"55119000{n:05d}:3@s.whatsapp.net"
+        bots.append(wanting(alice, jid=jid))
+        SimulatorDevice.objects.create(bot=bots[-1], jid=jid, phone=jid.split(":")[0])
+    pool = start_pool("--shards", "2")
+    try:
+
+        def hosts() -> set[str] | None:
+            rows = Session.objects.filter(pk__in=[bot.pk for bot in bots])
+            if all(row.status == "connected" for row in rows):
+                return {row.lease_owner for row in rows}
+            return None
+
+        owners = wait_until(hosts, timeout=30, interval=0.2, message=f"the bots did not connect:\n{pool.log()}")
+        assert len(owners) == 2, "both shards host some of the bots"
+    finally:
+        pool.stop()
