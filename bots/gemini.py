@@ -4,7 +4,8 @@ What the SDK does and how it fails is in notes/gemini.md. In short: the SDK
 retries 408/429/5xx, timeouts and connection errors itself (``HttpRetryOptions``),
 but never reads the ``RetryInfo`` delay Google puts in a 429 body; blocked,
 empty and cut-off answers come back as HTTP 200 with ``text`` None; transport
-errors are not ``APIError`` and their type depends on the transport.
+errors are not ``APIError`` and their type depends on the transport (aiohttp here,
+see :func:`_build_client`).
 :func:`generate` turns all of that into an :class:`Answer`: a text, or the
 reason there is none (the caller then sends the bot's fallback text).
 """
@@ -17,6 +18,7 @@ import re
 import threading
 from dataclasses import dataclass
 
+import aiohttp
 import httpx2
 from django.conf import settings
 from google import genai
@@ -63,7 +65,6 @@ def client() -> genai.Client:
         settings.GEMINI_API_KEY,
         settings.GEMINI_BASE_URL,
         settings.GEMINI_REQUEST_TIMEOUT,
-        settings.WHATSAPP_AI_CONCURRENCY,
         RETRY_ATTEMPTS,
         RETRY_INITIAL_DELAY,
         RETRY_MAX_DELAY,
@@ -78,11 +79,10 @@ def client() -> genai.Client:
 def _build_client() -> genai.Client:
     if not settings.GEMINI_API_KEY:
         raise RuntimeError("GEMINI_API_KEY is not set")
-    # One connection per call in flight, kept alive: the default pool keeps 20, so
-    # past 20 concurrent calls each one would open (and TLS-handshake) a new one.
-    limits = httpx2.Limits(
-        max_connections=settings.WHATSAPP_AI_CONCURRENCY, max_keepalive_connections=settings.WHATSAPP_AI_CONCURRENCY
-    )
+    # The async calls go through aiohttp (installed by the ``google-genai[aiohttp]`` extra, which the
+    # SDK then prefers): its connector keeps one idle connection per call that was in flight and
+    # reuses them at no cost, where httpx2's pool probes every idle connection on every request
+    # (with 200 calls in flight, 2-3 ms of CPU per call: benchmarks/gemini_floor.py).
     return genai.Client(
         api_key=settings.GEMINI_API_KEY,
         http_options=types.HttpOptions(
@@ -96,7 +96,6 @@ def _build_client() -> genai.Client:
                 jitter=RETRY_JITTER,
                 http_status_codes=RETRY_STATUS_CODES,
             ),
-            async_client_args={"limits": limits},
         ),
     )
 
@@ -129,7 +128,7 @@ async def generate(
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
     )
     request = {"model": model, "contents": contents(turns), "config": config}
-    hinted = False
+    hinted, timeouts = False, 0
     while True:
         try:
             response = await asyncio.wait_for(aio.models.generate_content(**request), deadline - loop.time())
@@ -151,15 +150,35 @@ async def generate(
         except TimeoutError:
             if loop.time() >= deadline:
                 return answer(None, "deadline: no answer in time")
-            return answer(None, "timeout")  # a transport's own timeout (aiohttp raises TimeoutError)
+            # The request's own timeout. The SDK retries httpx2's timeouts but not aiohttp's: retry here.
+            timeouts += 1
+            pause = min(RETRY_MAX_DELAY, RETRY_INITIAL_DELAY * 2 ** (timeouts - 1))
+            if timeouts < RETRY_ATTEMPTS and pause < deadline - loop.time():
+                logger.info("Gemini request timed out for %s; trying again in %.1f s", model, pause)
+                await asyncio.sleep(pause)
+                continue
+            logger.warning("Gemini requests timed out %d times for %s", timeouts, model)
+            return answer(None, "timeout")
         except Exception as exc:
-            # Transport errors (timeouts, refused connections) differ by transport: catch them all.
             logger.warning("Gemini call failed for %s: %r", model, exc)
-            return answer(None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            return answer(None, failure_reason(exc))
         text, reason = read(response)
         if text is None:
             logger.warning("Gemini gave no usable answer for %s: %s", model, reason)
         return answer(text, reason)
+
+
+def failure_reason(exc: Exception) -> str:
+    """What the operator reads for a call that got no HTTP answer, whichever transport the SDK used."""
+    if isinstance(exc, httpx2.TimeoutException):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"connection failed: {exc.os_error.strerror or exc.os_error}"
+    if isinstance(exc, httpx2.ConnectError):
+        return f"connection failed: {exc}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | httpx2.RemoteProtocolError):
+        return "connection closed by the server"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def read(response: types.GenerateContentResponse) -> tuple[str | None, str]:

@@ -169,7 +169,7 @@ async def test_it_reports_a_server_that_cannot_be_reached(fake_gemini, settings)
     answer = await ask(budget=5)
 
     assert answer.text is None
-    assert answer.reason.startswith("ConnectError")
+    assert answer.reason.startswith("connection failed: "), answer.reason
 
 
 async def test_it_reports_a_wrong_api_key(fake_gemini, settings):

@@ -241,7 +241,7 @@ async def test_it_keeps_gemini_calls_within_the_shards_concurrency(shards, alice
     [
         pytest.param([error(429)], "echo: Oi?", "", 2, id="429-then-200"),
         pytest.param([error(500)] * 3, "Volto já!", "gemini 500 INTERNAL", 3, id="persistent-500"),
-        pytest.param([slow(2)] * 3, "Volto já!", "ReadTimeout", 3, id="timeout"),
+        pytest.param([slow(2)] * 3, "Volto já!", "timeout", 3, id="timeout"),
         pytest.param([prompt_blocked()], "Volto já!", "prompt blocked: SAFETY", 1, id="blocked"),
     ],
 )
