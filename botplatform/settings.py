@@ -169,16 +169,29 @@ WHITENOISE_USE_FINDERS = True
 # Request bodies over 1 MiB are refused with 413 (DESIGN.md section 6).
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
+# Logs carry the shard and bot ids (botplatform/logs.py); LOG_FORMAT=json writes a JSON object per line.
+LOG_FORMAT = env.str("LOG_FORMAT", "text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} is invalid: expected text or json.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "botplatform.logs.ContextFilter"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(context)s%(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s %(shard)s %(bot)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.channels.server": {"level": "WARNING"},
         # A line per Gemini request otherwise; the SDK still logs its retries.
         "httpx2": {"level": "WARNING"},
+        "aiohttp": {"level": "WARNING"},
     },
 }
 

@@ -36,6 +36,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from botplatform import logs
 from bots import gemini
 from bots.gemini import Turn
 from bots.models import TEXT_LIMIT, Bot, Direction, Message, MessageStatus, MessageType
@@ -436,9 +437,9 @@ class ReplyPipeline:
         # Threads of its own: a burst of replies never holds up the shard's storing of new
         # messages or its connection writes, which queue on the shard's threads.
         self.db_pool = concurrent.futures.ThreadPoolExecutor(db_threads, thread_name_prefix="reply-db")
-        from whatsapp.pool import _db_call  # the shard's: a broken connection is replaced, not reused
+        from whatsapp.pool import run_on  # the shard's: a broken connection is replaced, not reused
 
-        self._db_call = _db_call
+        self._run_on = run_on
         self.ai_slots = asyncio.Semaphore(settings.WHATSAPP_AI_CONCURRENCY)
         self.lines: dict[tuple[uuid.UUID, str], collections.deque[Work]] = {}
         self.lined: set[int] = set()
@@ -469,9 +470,7 @@ class ReplyPipeline:
             logger.warning("reply database threads still busy after %.0f s; leaving them", STOP_SECONDS)
 
     async def db(self, fn, *args, **kwargs):
-        return await asyncio.get_running_loop().run_in_executor(
-            self.db_pool, functools.partial(self._db_call, fn, *args, **kwargs)
-        )
+        return await self._run_on(self.db_pool, fn, *args, **kwargs)
 
     # --- where work comes from ---
 
@@ -510,6 +509,7 @@ class ReplyPipeline:
     # --- one chat, in order ---
 
     async def _drain(self, key: tuple[uuid.UUID, str], line: collections.deque[Work]) -> None:
+        logs.set_bot(key[0])  # this task's lines name its bot
         try:
             while line:
                 work = line[0]

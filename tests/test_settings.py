@@ -32,6 +32,7 @@ SETTINGS_VARIABLES = {
     "DATABASE_URL",
     "REDIS_URL",
     "LOG_LEVEL",
+    "LOG_FORMAT",
     "DJANGO_SETTINGS_MODULE",
 }
 A_SECRET_KEY = secrets.token_urlsafe(50)
@@ -87,6 +88,8 @@ def error_of(result: subprocess.CompletedProcess) -> str:
         ("REDIS_URL", "http://x"),
         ("WHATSAPP_DEFAULT_PROVIDER", "telegram"),
         ("CSRF_TRUSTED_ORIGINS", "bots.example.com"),
+        ("LOG_FORMAT", "xml"),
+        ("WHATSAPP_SHARD_CAPACITY", "0"),
     ],
 )
 def test_it_refuses_to_start_with_a_bad_value_naming_the_variable(name, value):

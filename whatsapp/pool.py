@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import datetime
 import functools
 import logging
@@ -23,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
+from botplatform import logs
 from bots.inbox import store_inbound
 from bots.replies import ReplyPipeline
 from whatsapp import leases, state
@@ -110,13 +113,33 @@ class ShardEvents:
         self._put("message", bot_id, message, ack)
 
 
+# Database errors seen by this process's DB threads. A thread that finds the count changed since its
+# last call checks its connection first: one that sat idle while the database restarted is dead, and
+# would fail its next statement (and drop the work it was doing) instead of being replaced.
+_db_errors = 0
+_db_thread = threading.local()
+
+
 def _db_call(fn, *args, **kwargs):
+    global _db_errors
+    if getattr(_db_thread, "errors_seen", 0) != _db_errors:
+        _db_thread.errors_seen = _db_errors
+        connection.health_check_done = False  # Django checks it (CONN_HEALTH_CHECKS) before the next statement
     try:
         return fn(*args, **kwargs)
     except DatabaseError:
+        _db_errors += 1
         # A broken connection is replaced on the next call instead of failing forever.
         connection.close()
         raise
+
+
+async def run_on(executor: concurrent.futures.Executor, fn, *args, **kwargs):
+    """Run a database step on one of ``executor``'s threads, in the caller's context (its log bot id)."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(
+        executor, context.run, functools.partial(_db_call, fn, *args, **kwargs)
+    )
 
 
 class Shard:
@@ -152,9 +175,7 @@ class Shard:
     # --- plumbing ---------------------------------------------------------------
 
     async def db(self, fn, *args, **kwargs):
-        return await asyncio.get_running_loop().run_in_executor(
-            self.db_pool, functools.partial(_db_call, fn, *args, **kwargs)
-        )
+        return await run_on(self.db_pool, fn, *args, **kwargs)
 
     def fence(self, hosted: Hosted) -> tuple[str, int]:
         return (self.shard_id, hosted.epoch)
@@ -287,22 +308,26 @@ class Shard:
         for bot_id in ids:
             if self.shutdown or bot_id in self.hosted:
                 continue
-            provider = await self.db(leases.provider_of, bot_id)
-            if self.room_for(provider) <= 0:
-                continue
-            phone = await self.db(leases.phone_of, bot_id) if provider == "neonize" else ""
-            if phone and any(h.provider == "neonize" and h.phone == phone for h in self.hosted.values()):
-                # neonize keys its clients by phone number: two bots of one number live apart.
-                continue
-            epoch = await self.db(leases.claim, bot_id, self.shard_id, self.ttl)
-            if epoch is None:
-                continue
-            self.hosted[bot_id] = Hosted(bot_id=bot_id, provider=provider, epoch=epoch, phone=phone)
-            # What its last host left unanswered or half sent (a crash, a take-over).
-            await self.replies.recover(self.hosted[bot_id])
+            with logs.bot(bot_id):
+                await self.claim_one(bot_id)
         # The new bots are started by reconcile on its next pass (it reads their rows).
         if ids:
             await self.reconcile()
+
+    async def claim_one(self, bot_id: uuid.UUID) -> None:
+        provider = await self.db(leases.provider_of, bot_id)
+        if self.room_for(provider) <= 0:
+            return
+        phone = await self.db(leases.phone_of, bot_id) if provider == "neonize" else ""
+        if phone and any(h.provider == "neonize" and h.phone == phone for h in self.hosted.values()):
+            # neonize keys its clients by phone number: two bots of one number live apart.
+            return
+        epoch = await self.db(leases.claim, bot_id, self.shard_id, self.ttl)
+        if epoch is None:
+            return
+        self.hosted[bot_id] = Hosted(bot_id=bot_id, provider=provider, epoch=epoch, phone=phone)
+        # What its last host left unanswered or half sent (a crash, a take-over).
+        await self.replies.recover(self.hosted[bot_id])
 
     async def drop(self, bot_id: uuid.UUID) -> None:
         """Stop a client without writing anything: the lease is not ours anymore."""
@@ -327,22 +352,28 @@ class Shard:
             hosted = self.hosted.get(bot_id)
             if hosted is None:
                 continue
-            if (row["lease_owner"], row["lease_epoch"]) != self.fence(hosted):
-                await self.drop(bot_id)
-            elif row["logout_requested"] or row["bot__deleted_at"] is not None:
-                await self.log_out(hosted, "logout requested")
-            elif not row["desired_connected"]:
-                await self.disconnect(hosted)
-            elif hosted.phase == "qr" and row["pairing_phone"] != hosted.pairing_phone:
-                # Pairing by phone was asked for while a QR showed: start over with a code.
-                await self.stop_client(hosted)
-                hosted.phase, hosted.qr_deadline = "starting", None
-                await self.start_client(hosted, row)
-            elif hosted.client is None and hosted.phase == "starting":
-                hosted.failures = row["failures"]
-                await self.start_client(hosted, row)
+            with logs.bot(bot_id):
+                await self.reconcile_one(hosted, row)
         for bot_id in set(self.hosted) - seen:
             await self.drop(bot_id)
+
+    async def reconcile_one(self, hosted: Hosted, row: dict) -> None:
+        """Bring one hosted bot toward what its row asks for."""
+        bot_id = hosted.bot_id
+        if (row["lease_owner"], row["lease_epoch"]) != self.fence(hosted):
+            await self.drop(bot_id)
+        elif row["logout_requested"] or row["bot__deleted_at"] is not None:
+            await self.log_out(hosted, "logout requested")
+        elif not row["desired_connected"]:
+            await self.disconnect(hosted)
+        elif hosted.phase == "qr" and row["pairing_phone"] != hosted.pairing_phone:
+            # Pairing by phone was asked for while a QR showed: start over with a code.
+            await self.stop_client(hosted)
+            hosted.phase, hosted.qr_deadline = "starting", None
+            await self.start_client(hosted, row)
+        elif hosted.client is None and hosted.phase == "starting":
+            hosted.failures = row["failures"]
+            await self.start_client(hosted, row)
 
     async def start_client(self, hosted: Hosted, row: dict) -> None:
         provider = self.providers[hosted.provider]
@@ -466,11 +497,12 @@ class Shard:
                 continue
             async with self.handling:
                 hosted = self.hosted.get(bot_id)
-                try:
-                    if hosted is not None:
-                        await getattr(self, f"on_{kind}")(hosted, *args)
-                except Exception:
-                    logger.exception("bot %s: handling %s failed", bot_id, kind)
+                with logs.bot(bot_id):
+                    try:
+                        if hosted is not None:
+                            await getattr(self, f"on_{kind}")(hosted, *args)
+                    except Exception:
+                        logger.exception("bot %s: handling %s failed", bot_id, kind)
 
     async def on_qr(self, hosted: Hosted, payload: str, expires_in: float, pairing_code: str) -> None:
         if hosted.phase not in ("starting", "qr"):
@@ -594,15 +626,16 @@ class Shard:
         await self.replies.stop()
         for hosted in list(self.hosted.values()):
             # Not while an event is being handled: its write for this bot could land after "worker stopped".
-            async with self.handling:
-                if self.hosted.get(hosted.bot_id) is not hosted:
-                    continue  # an event ended it meanwhile (and released it); later ones are ignored
-                try:
-                    await self.stop_client(hosted)
-                    await self.record(hosted, "disconnected", Status.DISCONNECTED, last_error="worker stopped")
-                    await self.release(hosted)
-                except Exception:
-                    logger.exception("bot %s: clean stop failed", hosted.bot_id)
+            with logs.bot(hosted.bot_id):
+                async with self.handling:
+                    if self.hosted.get(hosted.bot_id) is not hosted:
+                        continue  # an event ended it meanwhile (and released it); later ones are ignored
+                    try:
+                        await self.stop_client(hosted)
+                        await self.record(hosted, "disconnected", Status.DISCONNECTED, last_error="worker stopped")
+                        await self.release(hosted)
+                    except Exception:
+                        logger.exception("bot %s: clean stop failed", hosted.bot_id)
         for provider in self.providers.values():
             try:
                 await asyncio.wait_for(provider.close(), STOP_TIMEOUT)
@@ -646,6 +679,7 @@ def default_providers(shard: Shard) -> dict[str, Provider]:
 
 def run_shard(shard_id: str | None) -> None:
     shard = Shard(shard_id)
+    logs.set_shard(shard.shard_id)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -702,7 +736,13 @@ class Supervisor:
         child.shard_id = new_shard_id(child.index)
         child.process = subprocess.Popen(self.command(child))
         child.started_at = time.monotonic()
-        logger.info("supervisor: shard %d started as pid %d (%s)", child.index, child.process.pid, child.shard_id)
+        logger.info(
+            "supervisor: shard %d started as pid %d (%s)",
+            child.index,
+            child.process.pid,
+            child.shard_id,
+            extra={"shard": child.shard_id},
+        )
         self.announce(child)
 
     def announce(self, child: Child) -> None:
@@ -717,13 +757,24 @@ class Supervisor:
                 child.shard_id, socket.gethostname(), child.process.pid, settings.WHATSAPP_SHARD_CAPACITY, hosted=0
             )
         except DatabaseError:
-            logger.warning("supervisor: could not announce %s; it announces itself", child.shard_id, exc_info=True)
+            logger.warning(
+                "supervisor: could not announce %s; it announces itself",
+                child.shard_id,
+                exc_info=True,
+                extra={"shard": child.shard_id},
+            )
             connection.close()
 
     def reap(self, child: Child) -> None:
         """A shard died: free its bots at once so they move without waiting for lease expiry."""
         code = child.process.returncode
-        logger.error("supervisor: shard %d (pid %d) exited with %s", child.index, child.process.pid, code)
+        logger.error(
+            "supervisor: shard %d (pid %d) exited with %s",
+            child.index,
+            child.process.pid,
+            code,
+            extra={"shard": child.shard_id},
+        )
         self.free(child)
         lived = time.monotonic() - child.started_at
         if code == RECYCLE_EXIT_CODE:
@@ -761,7 +812,12 @@ class Supervisor:
             try:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                logger.error("supervisor: shard %d did not stop in %.0f s; killing it", child.index, self.grace)
+                logger.error(
+                    "supervisor: shard %d did not stop in %.0f s; killing it",
+                    child.index,
+                    self.grace,
+                    extra={"shard": child.shard_id},
+                )
                 child.process.kill()
                 child.process.wait()
         for child in self.children:
@@ -775,7 +831,11 @@ class Supervisor:
         try:
             held = leases.release_all(child.shard_id)
             if held:
-                logger.info("supervisor: released %d bots of %s", len(held), child.shard_id)
+                logger.info(
+                    "supervisor: released %d bots of %s", len(held), child.shard_id, extra={"shard": child.shard_id}
+                )
         except DatabaseError:
-            logger.exception("supervisor: could not release the leases of %s", child.shard_id)
+            logger.exception(
+                "supervisor: could not release the leases of %s", child.shard_id, extra={"shard": child.shard_id}
+            )
             connection.close()

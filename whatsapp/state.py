@@ -79,7 +79,7 @@ def record(
             SessionEvent.objects.filter(session_id=session.pk, version__lte=session.version - EVENT_LOG_SIZE).delete()
         send = publish or broadcast
         transaction.on_commit(lambda: send(session.pk, frame))
-    logger.info("bot %s: %s -> %s %s", bot_id, event, status, detail)
+    logger.info("bot %s: %s -> %s %s", bot_id, event, status, detail, extra={"bot": bot_id})
     return session
 
 
