@@ -401,3 +401,41 @@ def test_a_store_that_cannot_be_opened_fails_the_bots_not_the_shard(alice):
         assert pool.process.poll() is None and "exited with" not in pool.log()
     finally:
         pool.stop()
+
+
+def test_a_shard_dials_whatsapp_two_at_a_time_and_staggered():
+    """A shard restarted with many bots does not hit WhatsApp with all their connects at once."""
+    import itertools
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from whatsapp.providers.neonize import NeonizeProvider
+
+    provider = NeonizeProvider(db=None, max_dials=2, stagger=0.1)
+    clients = [SimpleNamespace(stopping=False) for _ in range(6)]
+    started: list[float] = []
+    in_flight, peak, lock = 0, 0, threading.Lock()
+
+    def dial(client) -> None:
+        nonlocal in_flight, peak
+        assert provider.acquire_dial(client)
+        with lock:
+            started.append(time.monotonic())
+            in_flight += 1
+            peak = max(peak, in_flight)
+        time.sleep(0.05)  # until the connection's first event
+        with lock:
+            in_flight -= 1
+        provider.release_dial(client)
+
+    threads = [threading.Thread(target=dial, args=(client,)) for client in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert len(started) == 6 and provider.attempts == 6
+    assert peak <= 2, "never more than two dials in flight"
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sorted(started))]
+    assert min(gaps) >= 0.09, f"dials are at least the stagger apart: {gaps}"

@@ -500,7 +500,9 @@ class NeonizeProvider:
                     self._last_dial = now + wait
                 time.sleep(wait)
                 # A dial slot is held until the first event, or at most whatsmeow's dial deadline.
-                threading.Timer(DIAL_SLOT_SECONDS, self.release_dial, args=(client,)).start()
+                timer = threading.Timer(DIAL_SLOT_SECONDS, self.release_dial, args=(client,))
+                timer.daemon = True  # never what keeps a stopping process alive
+                timer.start()
                 return True
         return False
 
