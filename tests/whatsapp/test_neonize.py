@@ -8,11 +8,15 @@ whatever the library does.
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import signal
 import sqlite3
+import threading
+import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from django.db import connection
@@ -23,7 +27,7 @@ from tests.processes import pid_of, start_pool, wait_until
 from tests.whatsapp.live import decode_qr
 from tests.whatsapp.test_pool import orm, shards, step_until  # noqa: F401 - the shards fixture
 from whatsapp.models import Session, SessionEvent, Status
-from whatsapp.providers.neonize import Handlers, inbound_from, store_dsn, with_sslmode
+from whatsapp.providers.neonize import Handlers, NeonizeProvider, inbound_from, store_dsn, with_sslmode
 from whatsapp.qr import png_data_url
 
 neonize_events = pytest.importorskip("neonize.events")
@@ -405,13 +409,6 @@ def test_a_store_that_cannot_be_opened_fails_the_bots_not_the_shard(alice):
 
 def test_a_shard_dials_whatsapp_two_at_a_time_and_staggered():
     """A shard restarted with many bots does not hit WhatsApp with all their connects at once."""
-    import itertools
-    import threading
-    import time
-    from types import SimpleNamespace
-
-    from whatsapp.providers.neonize import NeonizeProvider
-
     provider = NeonizeProvider(db=None, max_dials=2, stagger=0.1)
     clients = [SimpleNamespace(stopping=False) for _ in range(6)]
     started: list[float] = []
