@@ -273,6 +273,12 @@ class Shard:
             if held.get(bot_id) != hosted.epoch:
                 logger.warning("bot %s: lease not renewed; stopping its client", bot_id)
                 await self.drop(bot_id)
+        for bot_id, epoch in held.items():
+            if bot_id not in self.hosted:
+                # Dropped while the database was out of reach: let it go, or these renewals would keep
+                # every shard (this one too) from taking the bot again, and it would never reconnect.
+                logger.warning("bot %s: releasing a lease it no longer hosts", bot_id)
+                await self.db(leases.release, bot_id, self.shard_id, epoch)
 
     async def check_lease_deadline(self) -> None:
         """Cannot renew for TTL minus 5 s: another shard may take the bots, so stop them all."""

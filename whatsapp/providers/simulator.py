@@ -164,17 +164,30 @@ class SimulatorClient:
         self.valid_codes: list[str] = []
         self.in_flight: set[int] = set()
         self._qr_task: asyncio.Task | None = None
+        self._dial_task: asyncio.Task | None = None
 
     async def start(self) -> None:
         self.provider.clients[self.bot_id] = self
-        db = self.provider.db
-        age = await db(_live_connection_age, self.bot_id, self.connection_id)
-        if age is not None:
-            # Another connection was alive moments ago (its host just died, or is still up):
-            # wait until it would count as gone; if it is still alive then, WhatsApp replaces it.
-            await asyncio.sleep(LIVE_WINDOW_SECONDS - age + 0.5)
+        age = await self.provider.db(_live_connection_age, self.bot_id, self.connection_id)
+        if age is None:
+            await self._connect()
+            return
+        # Another connection was alive moments ago (its host just died, or is still up): connect once
+        # it would count as gone; if it is still alive then, WhatsApp replaces it. The wait goes on in
+        # the background, as a real dial does: the shard's loop (its lease renewals) must not stop for it.
+        self._dial_task = asyncio.create_task(self._connect_after(LIVE_WINDOW_SECONDS - age + 0.5))
+
+    async def _connect_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
         try:
-            device = await db(_connect_device, self.bot_id, self.connection_id)
+            await self._connect()
+        except Exception as exc:
+            logger.warning("bot %s: simulated connect failed: %s", self.bot_id, exc)
+            self.events.disconnected(self.bot_id, f"connect failed: {exc}")
+
+    async def _connect(self) -> None:
+        try:
+            device = await self.provider.db(_connect_device, self.bot_id, self.connection_id)
         except StreamReplaced:
             self.events.failed(self.bot_id, "stream_replaced")
             return
@@ -208,6 +221,9 @@ class SimulatorClient:
 
     async def stop(self) -> None:
         self._cancel_qr()
+        if self._dial_task is not None:
+            self._dial_task.cancel()
+            self._dial_task = None
         self.provider.clients.pop(self.bot_id, None)
         if self.connected:
             self.connected = False

@@ -1,0 +1,104 @@
+"""PostgreSQL stopped and started again: the platform comes back by itself (DESIGN.md invariants 1 and 3).
+
+The web and the pool run on a PostgreSQL cluster of the test's own (the
+shared one is never restarted). Eight people have talked to a paired bot and
+two more wait for the model's answer when the database stops for a few
+seconds: longer than a shard may keep its clients without renewing its
+leases. Once it is back, with nobody acting and within seconds, /healthz
+turns 200, the API answers, the bot is connected again and every message,
+those caught in the restart and those written after it, gets exactly one
+answer.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.chaos.people import Conversations, healthz
+from tests.fake_gemini import held
+from tests.processes import ROOT, process_env, start_pool, start_web, wait_until
+from tests.whatsapp.live import Frames, create_bot, open_events, pair, status_of
+
+pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True), pytest.mark.timeout(150)]
+
+SHORT_LEASES = {"WHATSAPP_LEASE_TTL": "6"}
+# Down longer than a shard keeps its clients without renewing (TTL - 5 s), shorter than the lease itself.
+DOWN_SECONDS = 4
+# From the database's return until every message is answered: the shard reconnects the bot and asks again.
+RECOVERY_SECONDS = 15
+
+
+def manage(database_url: str, *args: str) -> str:
+    """A management command on the private cluster, as an operator runs it; returns its output."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=process_env(DATABASE_URL=database_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_it_recovers_by_itself_when_postgresql_restarts(private_postgres, fake_gemini, stop_at_end):
+    database_url = private_postgres.create_database("botplatform")
+    manage(database_url, "migrate", "--no-input")
+    manage(database_url, "ensure_admin", "--username", "operator")
+    token = manage(database_url, "create_api_token", "operator").splitlines()[-1]
+    env = {"DATABASE_URL": database_url, "GEMINI_BASE_URL": fake_gemini.url, **SHORT_LEASES}
+    web = start_web(**env)
+    stop_at_end(web.proc)
+    pool = stop_at_end(start_pool(**env))
+    bot_id = create_bot(web, token)["id"]
+    people = Conversations(web, token, bot_id)
+
+    with open_events(web, bot_id, token) as ws:
+        pair(web, token, bot_id, Frames(ws))
+    for n in range(1, 9):
+        people.write(n, f"Bom dia ({n})")
+    people.wait_for_answers(timeout=20)
+
+    thinking = threading.Event()
+    fake_gemini.script(held(thinking), held(thinking))
+    people.write(9, "Tem pão?")
+    people.write(10, "Até que horas?")
+    fake_gemini.wait_for_requests(10, timeout=20)
+    before = status_of(web, token, bot_id)
+
+    private_postgres.stop()
+    assert healthz(web) == 503, "the health check shows the database is gone"
+    thinking.set()  # the model answers while the database is down
+    time.sleep(DOWN_SECONDS)
+    private_postgres.start()
+    deadline = time.monotonic() + RECOVERY_SECONDS
+
+    def remaining() -> float:
+        return max(0.5, deadline - time.monotonic())
+
+    wait_until(lambda: healthz(web) == 200, timeout=remaining(), interval=0.25, message="/healthz did not recover")
+    wait_until(
+        lambda: (s := status_of(web, token, bot_id))["status"] == "connected" and s["seq"] > before["seq"],
+        timeout=remaining(),
+        interval=0.25,
+        message=f"the bot did not connect again:\n{pool.log()}",
+    )
+    for n in range(11, 19):
+        people.write(n, f"Voltou? ({n})")
+    people.wait_for_answers(timeout=remaining())
+    status, _, body = web.request("GET", f"/api/bots/{bot_id}/messages?limit=200", token=token)
+    assert status == 200, body
+    inbound = [m for m in body["messages"] if m["direction"] == "in"]
+    assert len(inbound) == 18 and {m["status"] for m in inbound} == {"replied"}
+    assert pool.log().count("started (capacity") == 1, "the shard rode it out: no restart was needed"
+    with private_postgres.connect("botplatform") as db:
+        replaced = db.execute(
+            "SELECT count(*) FROM whatsapp_sessionevent WHERE frame->>'lastError' = 'stream_replaced'"
+        )
+        assert replaced.fetchone() == (0,), "the bot was never hosted twice at once"
