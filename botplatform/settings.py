@@ -11,6 +11,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
+from redis.connection import parse_url as parse_redis_url
 
 from botplatform.env import Env
 
@@ -123,7 +124,9 @@ if REDIS_URL:
             # The pub/sub layer is 2-5x faster than the core layer (notes/floors.md).
             # It keeps no queue, which is fine: events are hints, the DB is the truth.
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # Redis pub/sub ignores database numbers: the prefix keeps deployments that share
+            # a Redis server on different databases from hearing each other's events and nudges.
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"asgi:{parse_redis_url(REDIS_URL).get('db', 0)}:"},
         }
     }
 else:

@@ -191,6 +191,7 @@ pool = create_pool(decode_hosts(layer["CONFIG"]["hosts"])[0])
 print(json.dumps({
     "engine": db["ENGINE"], "name": db["NAME"], "host": db["HOST"], "port": db["PORT"],
     "backend": layer["BACKEND"], "hosts": layer["CONFIG"]["hosts"], "layer": type(get_channel_layer()).__name__,
+    "prefix": layer["CONFIG"]["prefix"],
     "redis": [pool.connection_kwargs["host"], pool.connection_kwargs["port"], pool.connection_kwargs["db"]],
 }))
 """,
@@ -205,6 +206,8 @@ print(json.dumps({
     assert shown["hosts"] == ["redis://127.0.0.1:6379/3"]
     assert shown["layer"] == "RedisPubSubChannelLayer"
     assert shown["redis"] == ["127.0.0.1", 6379, 3]
+    # Pub/sub channels are shared by all databases of a Redis server: the database number keeps them apart.
+    assert shown["prefix"] == "asgi:3:"
 
 
 # --- HTTPS -------------------------------------------------------------------------------
