@@ -487,10 +487,12 @@ class ReplyPipeline:
         connected = [bot_id for bot_id, hosted in self.shard.hosted.items() if hosted.phase == "connected"]
         inbound: list[uuid.UUID] = []
         if time.monotonic() - self.last_sweep >= SWEEP_SECONDS:
-            self.last_sweep = time.monotonic()
             inbound = list(self.shard.hosted)
         if connected or inbound:
-            for work in await self.db(pending, inbound, connected):
+            found = await self.db(pending, inbound, connected)
+            if inbound:
+                self.last_sweep = time.monotonic()  # only once it ran: a failed sweep is tried on the next pass
+            for work in found:
                 self.submit(work)
 
     def submit(self, work: Work) -> None:
