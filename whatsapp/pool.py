@@ -40,7 +40,7 @@ from botplatform import logs
 from bots.inbox import store_inbound
 from bots.replies import ReplyPipeline
 from whatsapp import leases, state
-from whatsapp.control import SHARDS_GROUP
+from whatsapp.control import SHARDS_GROUP, nudge_shards
 from whatsapp.models import Session, Status
 from whatsapp.providers.base import Device, Inbound, Provider
 from whatsapp.qr import png_data_url
@@ -51,6 +51,11 @@ MAX_FAILURES = 8
 STOP_TIMEOUT = 10.0
 # Inbound messages stored in one transaction at most.
 MESSAGE_BATCH = 200
+# Bots claimed in one pass at most: the next pass follows at once, after renewing the leases if due, and
+# the bots claimed so far start meanwhile (claiming thousands in one go outlasted the lease TTL).
+CLAIM_BATCH = 100
+# While a stopping shard releases its bots, it tells the others this often to come and take them.
+RELEASE_NUDGE_SECONDS = 1.0
 # A shard that exits with this code asked to be replaced (see check_recycle): restart it at once.
 RECYCLE_EXIT_CODE = 75
 
@@ -308,7 +313,9 @@ class Shard:
         if not kinds:
             return
         free = self.capacity - len(self.hosted)
-        ids = await self.db(leases.candidates, kinds, free)
+        ids = await self.db(leases.candidates, kinds, min(free, CLAIM_BATCH))
+        if len(ids) == CLAIM_BATCH:
+            self.wakeup.set()  # more may be waiting: another pass right after this one
         if ids:
             ids = await self.my_share(ids, free)
         for bot_id in ids:
@@ -624,13 +631,27 @@ class Shard:
                 logger.warning("nudge listener lost its connection; retrying", exc_info=True)
                 await asyncio.sleep(1)
 
+    async def nudge_others(self) -> None:
+        """Wake every shard (bots were released). A hint: without Redis they find them at their next poll."""
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        try:
+            await asyncio.wait_for(layer.group_send(SHARDS_GROUP, {"type": "shards.wake"}), 2.0)
+        except Exception:
+            logger.warning("could not nudge the other shards", exc_info=True)
+
     # --- shutdown -----------------------------------------------------------------------
 
     async def stop_all(self) -> None:
         """Stop every client, record `disconnected` ("worker stopped"), release the leases."""
         # Replies in progress stop first (no send after its client is gone); the next host resumes them.
         await self.replies.stop()
+        nudged = time.monotonic()
         for hosted in list(self.hosted.values()):
+            if time.monotonic() - nudged >= RELEASE_NUDGE_SECONDS:
+                nudged = time.monotonic()
+                await self.nudge_others()  # the bots released so far move now, not at the others' next poll
             # Not while an event is being handled: its write for this bot could land after "worker stopped".
             with logs.bot(hosted.bot_id):
                 async with self.handling:
@@ -661,6 +682,7 @@ class Shard:
             await self.db(leases.release_all, self.shard_id)
         except Exception:
             logger.warning("could not release the leases of %s", self.shard_id, exc_info=True)
+        await self.nudge_others()
         self.db_pool.shutdown(wait=False)
         logger.info("shard %s stopped", self.shard_id)
 
@@ -837,6 +859,7 @@ class Supervisor:
         try:
             held = leases.release_all(child.shard_id)
             if held:
+                nudge_shards()  # the others take them now rather than at their next poll
                 logger.info(
                     "supervisor: released %d bots of %s", len(held), child.shard_id, extra={"shard": child.shard_id}
                 )

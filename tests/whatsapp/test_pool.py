@@ -206,6 +206,20 @@ async def test_it_stops_cleanly_and_another_shard_resumes_without_a_qr(shards, a
     assert "qr" not in [e for e, _ in await orm(events_of, bot)]
 
 
+async def test_it_claims_a_backlog_in_batches_and_connects_every_bot(shards, alice, monkeypatch):
+    """A restart with thousands of bots waiting: claims go a batch per pass, so leases are renewed in between."""
+    monkeypatch.setattr(pool, "CLAIM_BATCH", 2)
+    bots = [await orm(paired, alice) for _ in range(5)]
+    shard = await shards()
+
+    await shard.step()
+    assert len(shard.hosted) == 2, "one batch per pass"
+    assert shard.wakeup.is_set(), "the next pass follows at once"
+
+    ids = [bot.pk for bot in bots]
+    await step_until(shard, lambda: Session.objects.filter(pk__in=ids, status=Status.CONNECTED).count() == 5)
+
+
 async def test_it_runs_until_asked_to_shut_down(shards, alice):
     shard = await shards(setup=False)
     bot = await orm(paired, alice)
