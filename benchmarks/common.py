@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +94,132 @@ def rss_mb(pid: int) -> dict[str, float]:
         "peak_rss_mb": round(int(fields["VmHWM"].split()[0]) / 1024, 1),
         "threads": int(fields["Threads"]),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process used so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(parent: int, *, shards_only: bool = False) -> list[int]:
+    """Direct children of a process (those running ``--shard-id``: the shards of a supervisor)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent and (not shards_only or b"--shard-id" in cmdline):
+                pids.append(int(entry.name))
+    return pids
+
+
+def shard_pids(supervisor: int) -> list[int]:
+    return children(supervisor, shards_only=True)
+
+
+def database_backends() -> dict[int, str]:
+    """PostgreSQL server processes serving the current database (not this connection): pid -> state."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, coalesce(state, '') FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        rows = dict(cursor.fetchall())
+    connection.close()
+    return rows
+
+
+def total_cpu_seconds(pids) -> float:
+    """CPU of these processes so far, skipping those gone meanwhile."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+def start_shard(env: dict, shard_id: str, *, capacity: int | None = None, **popen) -> subprocess.Popen:
+    """One shard process alone (no supervisor), as a supervisor starts it; ``capacity``: WHATSAPP_SHARD_CAPACITY."""
+    if capacity is not None:
+        env = dict(env, WHATSAPP_SHARD_CAPACITY=str(capacity))
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "run_whatsapp", "--shard", "0", "--shard-id", shard_id],
+        cwd=ROOT,
+        env=env,
+        **popen,
+    )
+
+
+def default_shard_capacity() -> int:
+    from django.conf import settings
+
+    return settings.WHATSAPP_SHARD_CAPACITY
+
+
+def stop(process: subprocess.Popen, timeout: float = 60, sig: int = signal.SIGTERM) -> float:
+    """Signal a process and wait for it (killed after ``timeout``); returns the seconds it took."""
+    started = time.monotonic()
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return time.monotonic() - started
+
+
+class NudgeCounter:
+    """Counts the wake-up nudges that reach the shards while it is open (None without Redis).
+
+    Each wakes every shard of the deployment for a step, so an idle figure says how many
+    there were (Redis pub/sub ignores database numbers: the layer's prefix tells deployments apart).
+    """
+
+    def __enter__(self) -> NudgeCounter:
+        import redis
+        from django.conf import settings
+
+        from whatsapp.control import SHARDS_GROUP
+
+        url = os.environ.get("REDIS_URL")
+        self.client = redis.Redis.from_url(url) if url else None
+        self.count = None
+        if self.client is not None:
+            # channels_redis's pub/sub layer: a group's channel is "<prefix>__group__<group>".
+            prefix = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("prefix", "asgi")
+            self.pubsub = self.client.pubsub()
+            self.pubsub.subscribe(f"{prefix}__group__{SHARDS_GROUP}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.client is None:
+            return
+        self.count = 0
+        while (message := self.pubsub.get_message(timeout=0.01)) is not None:
+            self.count += message["type"] == "message"
+        self.pubsub.close()
+        self.client.close()
+
+
+def start_fake_gemini(env: dict, latency: float) -> tuple[subprocess.Popen, str]:
+    """The fake Gemini server (tests/fake_gemini.py) in a process of its own, answering in ``latency`` s."""
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_gemini", "--latency", str(latency)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return fake, json.loads(fake.stdout.readline())["url"]
 
 
 def emit(result: dict) -> None:

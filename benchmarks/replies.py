@@ -22,36 +22,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
-from common import ROOT, emit, paired_simulator_bots, percentile, reset_data, setup_django
+from common import (
+    ROOT,
+    cpu_seconds,
+    emit,
+    paired_simulator_bots,
+    percentile,
+    reset_data,
+    setup_django,
+    shard_pids,
+    start_fake_gemini,
+)
 
 LOOK_BACK = 50
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def shard_pids(supervisor: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == supervisor and b"--shard-id" in cmdline:
-                pids.append(int(entry.name))
-    return pids
 
 
 def main() -> None:
@@ -59,7 +48,7 @@ def main() -> None:
     parser.add_argument("--chats", type=int, default=200)
     parser.add_argument("--messages", type=int, default=4000)
     parser.add_argument("--latency", type=float, default=0.2, help="seconds the model takes per answer")
-    parser.add_argument("--bots", type=int, default=4, help="the chats are spread over this many bots")
+    parser.add_argument("--bots", type=int, default=20, help="the chats are spread over this many bots")
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
@@ -68,6 +57,7 @@ def main() -> None:
     from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
     from django.db import connection
+    from django.db.models import Count
     from django.utils import timezone
 
     from bots.models import Bot, Direction, Message
@@ -98,14 +88,7 @@ def main() -> None:
         if layer is not None:
             async_to_sync(layer.group_send)(SHARDS_GROUP, {"type": "shards.wake"})
 
-    fake = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_gemini", "--latency", str(args.latency)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    fake_url = json.loads(fake.stdout.readline())["url"]
+    fake, fake_url = start_fake_gemini(env, args.latency)
     pool_env = {
         **env,
         "GEMINI_BASE_URL": fake_url,
@@ -162,6 +145,12 @@ def main() -> None:
         converse(1, "warm")
         urllib_reset(fake_url)
         pids = shard_pids(pool.pid)
+        hosted = sorted(
+            Session.objects.filter(status="connected")
+            .values("lease_owner")
+            .annotate(n=Count("pk"))
+            .values_list("n", flat=True)
+        )
         cpu_before = sum(cpu_seconds(pid) for pid in pids)
         per_chat = max(1, args.messages // args.chats)
         elapsed, replies = converse(per_chat, "run")
@@ -201,6 +190,7 @@ def main() -> None:
             "model_latency_ms": round(args.latency * 1000),
             "bots": args.bots,
             "shards": args.shards,
+            "bots_per_shard": hosted,
             "ai_concurrency": int(pool_env["WHATSAPP_AI_CONCURRENCY"]),
             "seconds": round(elapsed, 2),
             "replies_per_second": round(rate, 1),
