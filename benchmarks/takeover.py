@@ -41,7 +41,7 @@ def start_pool(env: dict) -> subprocess.Popen:
         cwd=ROOT,
         env=env,
         start_new_session=True,
-        stderr=subprocess.DEVNULL,
+        stderr=open(os.environ.get("POOL_LOG", os.devnull), "a"),  # POOL_LOG=file keeps the pools' logs
     )
 
 
@@ -94,6 +94,15 @@ def one_take_over(bots: int, how: str, env: dict, timeout: float) -> dict:
             lambda: counted(list(ShardHeartbeat.objects.exclude(shard_id__in=seen).values_list("pk", flat=True))),
             60,
             "the second pool's shard",
+        )
+        # Its supervisor announces a shard before the process is up: wait for the shard's own beat.
+        announced = dict(ShardHeartbeat.objects.filter(pk__in=second_shards).values_list("pk", "seen_at"))
+        wait_for(
+            lambda: counted(
+                all(beat.seen_at > announced[beat.pk] for beat in ShardHeartbeat.objects.filter(pk__in=second_shards))
+            ),
+            60,
+            "the second pool's shard to run",
         )
 
         # Steady state: the first pool renewed all its leases together since it claimed them (a shard
