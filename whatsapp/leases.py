@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import uuid
 
-from django.db.models import DateTimeField, ExpressionWrapper, F, Q
+from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Q
 from django.db.models.functions import Now
 
 from bots.models import Bot
@@ -33,7 +33,7 @@ def candidates(providers: list[str], limit: int) -> list[uuid.UUID]:
         .filter(Q(desired_connected=True) | Q(logout_requested=True))
         .filter(Q(next_retry_at__isnull=True) | Q(next_retry_at__lte=Now()))
         .filter(bot__whatsapp_provider__in=providers)
-        .order_by(F("next_retry_at").asc(nulls_first=True), "updated_at")
+        .order_by(F("next_retry_at").asc(nulls_first=True), "updated_at", "pk")
         .values_list("pk", flat=True)[:limit]
     )
     return list(rows)
@@ -125,9 +125,23 @@ def forget_shard(owner: str) -> None:
     ShardHeartbeat.objects.filter(shard_id=owner).delete()
 
 
-def free_capacity(ttl: float) -> dict[str, int]:
-    """Free room of each shard seen within the lease TTL."""
+def shard_loads(ttl: float) -> dict[str, tuple[int, int]]:
+    """Capacity and bots held now, of each shard seen within the lease TTL (placement's view of the pool).
+
+    What a shard holds is counted from the leases themselves, not from its last heartbeat,
+    so shards placing bots at the same moment see each other's claims at once.
+    """
     from whatsapp.models import ShardHeartbeat
 
-    live = ShardHeartbeat.objects.filter(seen_at__gte=Now() - datetime.timedelta(seconds=ttl))
-    return {row.shard_id: max(0, row.capacity - row.hosted) for row in live}
+    live = dict(
+        ShardHeartbeat.objects.filter(seen_at__gte=Now() - datetime.timedelta(seconds=ttl)).values_list(
+            "shard_id", "capacity"
+        )
+    )
+    held = dict(
+        Session.objects.filter(lease_owner__in=list(live), lease_expires_at__gte=Now())
+        .values("lease_owner")
+        .annotate(n=Count("pk"))
+        .values_list("lease_owner", "n")
+    )
+    return {shard: (capacity, held.get(shard, 0)) for shard, capacity in live.items()}

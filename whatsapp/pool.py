@@ -298,15 +298,23 @@ class Shard:
         used = sum(1 for hosted in self.hosted.values() if hosted.provider == provider)
         return min(limit - used, self.capacity - len(self.hosted))
 
-    async def my_share(self, ids: list[uuid.UUID], free: int) -> list[uuid.UUID]:
-        """Placement by free capacity: of the bots waiting, take the part matching our share of the room."""
-        room = await self.db(leases.free_capacity, self.ttl)
-        room[self.shard_id] = free
-        total = sum(room.values())
-        if total <= free:
+    async def my_share(self, ids: list[uuid.UUID]) -> list[uuid.UUID]:
+        """Placement by capacity: of the bots waiting, the part that brings this shard to its fair share.
+
+        Each live shard's fair share of all bots (held and waiting) is in proportion to
+        its capacity. Shards placing at the same moment compute the same shares over
+        the same waiting list and take disjoint slices of it, in the order of their ids.
+        """
+        loads = await self.db(leases.shard_loads, self.ttl)
+        loads[self.shard_id] = (self.capacity, len(self.hosted))
+        if len(loads) == 1:
             return ids
-        random.shuffle(ids)  # shards taking their shares at once mostly pick different bots
-        return ids[: max(1, math.ceil(len(ids) * free / total))]
+        capacity = sum(c for c, _ in loads.values())
+        bots = sum(h for _, h in loads.values()) + len(ids)
+        fair = {shard: max(0, math.ceil(bots * c / capacity) - h) for shard, (c, h) in loads.items()}
+        order = sorted(loads)
+        start = sum(fair[shard] for shard in order[: order.index(self.shard_id)])
+        return ids[start : start + fair[self.shard_id]]
 
     async def claim_bots(self) -> None:
         kinds = [name for name in self.providers if self.room_for(name) > 0]
@@ -317,7 +325,7 @@ class Shard:
         if len(ids) == CLAIM_BATCH:
             self.wakeup.set()  # more may be waiting: another pass right after this one
         if ids:
-            ids = await self.my_share(ids, free)
+            ids = await self.my_share(ids)
         for bot_id in ids:
             if self.shutdown or bot_id in self.hosted:
                 continue

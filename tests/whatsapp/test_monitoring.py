@@ -80,9 +80,9 @@ def test_metrics_are_only_for_loopback_or_the_token(settings):
     assert right.status_code == 200
 
 
-def test_placement_reads_free_room_of_live_shards_only():
-    leases.beat("shard-a", "a", 1, 100, 40)
-    leases.beat("shard-b", "b", 2, 100, 90)
+def test_placement_sees_live_shards_only_with_the_bots_they_hold_now(alice):
+    leases.beat("shard-a", "a", 1, 100, 0)
+    leases.beat("shard-b", "b", 2, 50, 0)
     ShardHeartbeat.objects.create(
         shard_id="shard-dead",
         host="c",
@@ -91,6 +91,9 @@ def test_placement_reads_free_room_of_live_shards_only():
         hosted=0,
         seen_at=timezone.now() - datetime.timedelta(hours=1),
     )
-    assert leases.free_capacity(15) == {"shard-a": 60, "shard-b": 10}
+    bot = make_bot(alice)
+    Session.objects.filter(pk=bot.pk).update(desired_connected=True)
+    leases.claim(bot.pk, "shard-a", 15)  # its heartbeat still says 0: the lease counts
+    assert leases.shard_loads(15) == {"shard-a": (100, 1), "shard-b": (50, 0)}
     leases.forget_shard("shard-a")
-    assert leases.free_capacity(15) == {"shard-b": 10}
+    assert leases.shard_loads(15) == {"shard-b": (50, 0)}

@@ -220,6 +220,22 @@ async def test_it_claims_a_backlog_in_batches_and_connects_every_bot(shards, ali
     await step_until(shard, lambda: Session.objects.filter(pk__in=ids, status=Status.CONNECTED).count() == 5)
 
 
+async def test_shards_take_fair_shares_of_the_waiting_bots(shards, alice):
+    """Placement by capacity: a shard twice the size of another ends up with twice the bots."""
+    bots = [await orm(paired, alice) for _ in range(9)]
+    big, small = await shards(capacity=20), await shards(capacity=10)
+    for shard in (big, small):
+        await orm(pool.leases.beat, shard.shard_id, "host", 1, shard.capacity, 0)
+
+    await small.step()  # the first to look takes only its share
+    await big.step()
+    await small.step()
+
+    ids = [bot.pk for bot in bots]
+    assert await orm(lambda: Session.objects.filter(pk__in=ids, lease_owner="").count()) == 0, "all placed"
+    assert (len(big.hosted), len(small.hosted)) == (6, 3)
+
+
 async def test_it_runs_until_asked_to_shut_down(shards, alice):
     shard = await shards(setup=False)
     bot = await orm(paired, alice)
