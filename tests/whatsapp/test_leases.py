@@ -5,10 +5,12 @@ Plain sync functions called directly, as the shards and the web call them.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
+import threading
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -50,6 +52,30 @@ def test_it_claims_a_free_lease_once(alice):
     session = session_of(bot)
     assert (session.lease_owner, session.lease_epoch) == ("shard-a", 1)
     assert session.lease_expires_at > timezone.now()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_shards_racing_for_the_same_bots_each_win_a_bot_at_most_once(alice):
+    """Eight shards claim the same twenty bots at the same instant, each on its own connection."""
+    bots = [wanting(alice).pk for _ in range(20)]
+    start = threading.Barrier(8)
+
+    def shard(name: str) -> list:
+        try:
+            start.wait()
+            return [bot for bot in bots if leases.claim(bot, name, TTL) is not None]
+        finally:
+            connection.close()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        won = dict(zip(range(8), pool.map(shard, [f"shard-{n}" for n in range(8)]), strict=True))
+
+    winners = [bot for claims in won.values() for bot in claims]
+    assert sorted(winners) == sorted(bots), "every bot has exactly one host"
+    rows = Session.objects.filter(pk__in=bots)
+    assert {row.lease_epoch for row in rows} == {1}, "one successful claim each"
+    for n, claims in won.items():
+        assert set(rows.filter(lease_owner=f"shard-{n}").values_list("pk", flat=True)) == set(claims)
 
 
 def test_it_increments_the_epoch_on_every_claim(alice):
