@@ -172,6 +172,8 @@ class Shard:
         self.last_renewal = 0.0
         self.last_renewal_ok = 0.0
         self.recycling = False
+        # Bots seen waiting for a host, and since when (placement: see my_share).
+        self.waiting_since: dict[uuid.UUID, float] = {}
         # Held while one event is handled, and while stop_all stops one bot: their writes never interleave.
         self.handling = asyncio.Lock()
         self.replies = ReplyPipeline(self)
@@ -314,7 +316,13 @@ class Shard:
         fair = {shard: max(0, math.ceil(bots * c / capacity) - h) for shard, (c, h) in loads.items()}
         order = sorted(loads)
         start = sum(fair[shard] for shard in order[: order.index(self.shard_id)])
-        return ids[start : start + fair[self.shard_id]]
+        mine = ids[start : start + fair[self.shard_id]]
+        # A bot this shard has seen waiting for a whole lease TTL goes to whoever has room: the shard
+        # whose share it is may have no room for its provider (neonize has a capacity of its own).
+        now = time.monotonic()
+        self.waiting_since = {bot: self.waiting_since.get(bot, now) for bot in ids}
+        late = [bot for bot in ids if now - self.waiting_since[bot] >= self.ttl and bot not in mine]
+        return mine + late
 
     async def claim_bots(self) -> None:
         kinds = [name for name in self.providers if self.room_for(name) > 0]

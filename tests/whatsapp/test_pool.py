@@ -236,6 +236,21 @@ async def test_shards_take_fair_shares_of_the_waiting_bots(shards, alice):
     assert (len(big.hosted), len(small.hosted)) == (6, 3)
 
 
+async def test_a_bot_left_waiting_in_another_shards_share_is_taken_after_a_lease_ttl(shards, alice):
+    """The shard whose share it is never takes it (it may have no room for the bot's provider)."""
+    bot = await orm(paired, alice)
+    first, second = await shards(shard_id="shard-a", capacity=20), await shards(shard_id="shard-b", capacity=10)
+    for shard in (first, second):
+        await orm(pool.leases.beat, shard.shard_id, "host", 1, shard.capacity, 0)
+
+    await second.step()
+    assert bot.pk not in second.hosted, "shard-a's share (shard-a comes first)"
+
+    second.waiting_since[bot.pk] -= second.ttl  # a lease TTL later, still nobody took it
+    await step_until(second, has_status(bot, Status.CONNECTED))
+    assert bot.pk in second.hosted
+
+
 async def test_it_runs_until_asked_to_shut_down(shards, alice):
     shard = await shards(setup=False)
     bot = await orm(paired, alice)
