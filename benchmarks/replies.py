@@ -54,20 +54,17 @@ def main() -> None:
     args = parser.parse_args()
     env = setup_django()
 
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
     from django.db import connection
     from django.db.models import Count
     from django.utils import timezone
 
     from bots.models import Bot, Direction, Message
-    from whatsapp.control import SHARDS_GROUP
+    from whatsapp.control import nudge_shards
     from whatsapp.models import Session, SimulatorInbound, SimulatorSent
 
     reset_data()
     bots = paired_simulator_bots(args.bots)
     chats = [(bots[n % args.bots], f"55219{n:08d}@s.whatsapp.net") for n in range(args.chats)]
-    layer = get_channel_layer()
 
     def write(chat_list: list[tuple[Bot, str]], tag: str) -> None:
         """People write: their messages wait on the simulated WhatsApp servers; the shards are nudged."""
@@ -85,8 +82,7 @@ def main() -> None:
                 for bot, chat in chat_list
             ]
         )
-        if layer is not None:
-            async_to_sync(layer.group_send)(SHARDS_GROUP, {"type": "shards.wake"})
+        nudge_shards()
 
     fake, fake_url = start_fake_gemini(env, args.latency)
     pool_env = {

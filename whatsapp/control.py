@@ -6,6 +6,7 @@ lost nudge costs latency, never correctness.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import math
@@ -24,6 +25,8 @@ from whatsapp.models import ConnectRequest, Session, Status
 logger = logging.getLogger(__name__)
 
 SHARDS_GROUP = "whatsapp.shards"
+# A nudge that Redis does not take within this long is dropped: the shards poll anyway.
+NUDGE_TIMEOUT = 2.0
 
 
 class RateLimited(Exception):
@@ -32,15 +35,20 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
 
-def nudge_shards() -> None:
-    """Wake the shards now rather than at their next poll. A hint: failures are harmless."""
+async def wake_shards() -> None:
+    """Wake the shards now rather than at their next poll. A hint: failures are harmless (they poll)."""
     layer = get_channel_layer()
     if layer is None:
         return
     try:
-        async_to_sync(layer.group_send)(SHARDS_GROUP, {"type": "shards.wake"})
+        await asyncio.wait_for(layer.group_send(SHARDS_GROUP, {"type": "shards.wake"}), NUDGE_TIMEOUT)
     except Exception:
         logger.warning("Could not nudge the shards", exc_info=True)
+
+
+def nudge_shards() -> None:
+    """:func:`wake_shards` from synchronous code: views, commit hooks, the supervisor."""
+    async_to_sync(wake_shards)()
 
 
 def check_rate(bot: Bot, user) -> None:

@@ -40,7 +40,7 @@ from botplatform import logs
 from bots.inbox import store_inbound
 from bots.replies import ReplyPipeline
 from whatsapp import leases, state
-from whatsapp.control import SHARDS_GROUP, nudge_shards
+from whatsapp.control import SHARDS_GROUP, nudge_shards, wake_shards
 from whatsapp.models import Session, Status
 from whatsapp.providers.base import Device, Inbound, Provider
 from whatsapp.qr import png_data_url
@@ -647,16 +647,6 @@ class Shard:
                 logger.warning("nudge listener lost its connection; retrying", exc_info=True)
                 await asyncio.sleep(1)
 
-    async def nudge_others(self) -> None:
-        """Wake every shard (bots were released). A hint: without Redis they find them at their next poll."""
-        layer = get_channel_layer()
-        if layer is None:
-            return
-        try:
-            await asyncio.wait_for(layer.group_send(SHARDS_GROUP, {"type": "shards.wake"}), 2.0)
-        except Exception:
-            logger.warning("could not nudge the other shards", exc_info=True)
-
     # --- shutdown -----------------------------------------------------------------------
 
     async def stop_all(self) -> None:
@@ -667,7 +657,7 @@ class Shard:
         for hosted in list(self.hosted.values()):
             if time.monotonic() - nudged >= RELEASE_NUDGE_SECONDS:
                 nudged = time.monotonic()
-                await self.nudge_others()  # the bots released so far move now, not at the others' next poll
+                await wake_shards()  # the bots released so far move now, not at the others' next poll
             # Not while an event is being handled: its write for this bot could land after "worker stopped".
             with logs.bot(hosted.bot_id):
                 async with self.handling:
@@ -698,7 +688,7 @@ class Shard:
             await self.db(leases.release_all, self.shard_id)
         except Exception:
             logger.warning("could not release the leases of %s", self.shard_id, exc_info=True)
-        await self.nudge_others()
+        await wake_shards()
         self.db_pool.shutdown(wait=False)
         logger.info("shard %s stopped", self.shard_id)
 
