@@ -19,7 +19,6 @@ import threading
 from dataclasses import dataclass
 
 import aiohttp
-import httpx2
 from django.conf import settings
 from google import genai
 from google.genai import errors, types
@@ -169,14 +168,10 @@ async def generate(
 
 
 def failure_reason(exc: Exception) -> str:
-    """What the operator reads for a call that got no HTTP answer, whichever transport the SDK used."""
-    if isinstance(exc, httpx2.TimeoutException):
-        return "timeout"
+    """What the operator reads for a call that got no HTTP answer (aiohttp's errors, in plain words)."""
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"connection failed: {exc.os_error.strerror or exc.os_error}"
-    if isinstance(exc, httpx2.ConnectError):
-        return f"connection failed: {exc}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError | httpx2.RemoteProtocolError):
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "connection closed by the server"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
