@@ -47,6 +47,7 @@ from common import (
     database_backends,
     default_shard_capacity,
     emit,
+    neonize_bots,
     paired_simulator_bots,
     reset_data,
     rss_mb,
@@ -60,20 +61,25 @@ from common import (
 SETTLE_SECONDS = 3.0
 
 
-def connected_by_owner() -> dict[str, int]:
+def by_owner(**filters) -> dict[str, int]:
+    """Sessions matching ``filters``, counted by the shard holding their lease."""
     from django.db import connection
     from django.db.models import Count
 
     from whatsapp.models import Session
 
     rows = dict(
-        Session.objects.filter(status="connected")
+        Session.objects.filter(**filters)
         .values_list("lease_owner")
         .annotate(n=Count("pk"))
         .values_list("lease_owner", "n")
     )
     connection.close()
     return rows
+
+
+def connected_by_owner() -> dict[str, int]:
+    return by_owner(status="connected")
 
 
 def wait_connected(expected: int, started: float, timeout: float, alive) -> tuple[int, float | None, float]:
@@ -305,21 +311,14 @@ def run_host_benchmark(args, env: dict) -> dict:
 
 
 def measure_neonize(clients: int, shards: int, store: str, env: dict, idle: float, timeout: float) -> dict:
-    from django.contrib.auth.models import User
     from django.db import connection
-    from django.db.models import Count
 
-    from bots.models import Bot
     from whatsapp.models import Session, SessionEvent, ShardHeartbeat
 
     reset_data()
     ShardHeartbeat.objects.all().delete()
-    owner = User.objects.create_user("bench-owner")
-    bots = Bot.objects.bulk_create(
-        [Bot(owner=owner, name=f"bench {n}", whatsapp_provider="neonize") for n in range(clients)]
-    )
     # Not wanted yet: the shards start (neonize loaded, its store open) with nothing to host, for the baseline.
-    Session.objects.bulk_create([Session(bot=bot, desired_connected=False, status="connecting") for bot in bots])
+    neonize_bots(clients, wanted=False)
     connection.close()
     pool_env = dict(
         env,
@@ -364,12 +363,7 @@ def measure_neonize(clients: int, shards: int, store: str, env: dict, idle: floa
         cost = idle_cost([pool.pid, *pids], idle)
         loaded = [rss_mb(pid) for pid in pids]
         total_attempts = attempts.count()
-        hosted = dict(
-            Session.objects.exclude(lease_owner="")
-            .values_list("lease_owner")
-            .annotate(n=Count("pk"))
-            .values_list("lease_owner", "n")
-        )
+        hosted = {owner: n for owner, n in by_owner().items() if owner}
         connection.close()
     finally:
         stop(pool, timeout=90)

@@ -75,6 +75,21 @@ def paired_simulator_bots(count: int) -> list:
     return bots
 
 
+def neonize_bots(count: int, *, wanted: bool) -> list:
+    """``count`` neonize bots of a new owner, never paired; ``wanted``: they ask to connect (a QR, offline a dial)."""
+    from django.contrib.auth.models import User
+
+    from bots.models import Bot
+    from whatsapp.models import Session
+
+    owner = User.objects.create_user("bench-owner")
+    bots = Bot.objects.bulk_create(
+        [Bot(owner=owner, name=f"bench {n}", whatsapp_provider="neonize") for n in range(count)]
+    )
+    Session.objects.bulk_create([Session(bot=bot, desired_connected=wanted, status="connecting") for bot in bots])
+    return bots
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:

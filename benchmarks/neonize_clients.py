@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, emit, reset_data, rss_mb, setup_django
+from common import ROOT, emit, neonize_bots, reset_data, rss_mb, setup_django
 
 
 def store_connections() -> int:
@@ -32,18 +32,12 @@ def store_connections() -> int:
 
 
 def measure(count: int, env: dict, timeout: float, store: str) -> dict:
-    from django.contrib.auth.models import User
     from django.db import connection
 
-    from bots.models import Bot
     from whatsapp.models import Session, SessionEvent
 
     reset_data()
-    owner = User.objects.create_user("bench-owner")
-    bots = Bot.objects.bulk_create(
-        [Bot(owner=owner, name=f"bench {n}", whatsapp_provider="neonize") for n in range(count)]
-    )
-    Session.objects.bulk_create([Session(bot=bot, desired_connected=True, status="connecting") for bot in bots])
+    neonize_bots(count, wanted=True)
     connection.close()
     shard_env = dict(
         env,
