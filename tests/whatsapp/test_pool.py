@@ -382,16 +382,20 @@ async def test_it_gives_up_on_an_unscanned_qr(shards, alice, settings):
     assert shard.hosted == {}
 
 
-async def test_it_drops_a_bot_whose_lease_was_taken_without_writing(shards, alice):
-    shard, bot = await connected(shards, alice)
-    before = await orm(session_row, bot)
-
-    await orm(
-        Session.objects.filter(pk=bot.pk).update,
+def taken_by_someone_else(bot: Bot) -> None:
+    """Another shard holds the bot's lease now (a take-over this shard has not noticed yet)."""
+    Session.objects.filter(pk=bot.pk).update(
         lease_owner="someone-else",
         lease_epoch=F("lease_epoch") + 1,
         lease_expires_at=timezone.now() + datetime.timedelta(seconds=60),
     )
+
+
+async def test_it_drops_a_bot_whose_lease_was_taken_without_writing(shards, alice):
+    shard, bot = await connected(shards, alice)
+    before = await orm(session_row, bot)
+
+    await orm(taken_by_someone_else, bot)
     await shard.renew_leases(force=True)
 
     assert shard.hosted == {}
@@ -409,12 +413,7 @@ async def test_it_drops_a_bot_whose_lease_was_taken_without_writing(shards, alic
 async def test_it_does_not_write_for_a_bot_whose_lease_it_lost(shards, alice):
     shard, bot = await connected(shards, alice)
     before = await orm(session_row, bot)
-    await orm(
-        Session.objects.filter(pk=bot.pk).update,
-        lease_owner="someone-else",
-        lease_epoch=F("lease_epoch") + 1,
-        lease_expires_at=timezone.now() + datetime.timedelta(seconds=60),
-    )
+    await orm(taken_by_someone_else, bot)
 
     # Before its next renewal notices, the client reports a drop: the write it leads to is refused.
     await orm(command, bot, SimulatorCommand.Kind.DROP)
