@@ -452,6 +452,9 @@ class Shard:
         self, hosted: Hosted, event: str, status: Status, reason: str, *, clear_device: bool = False
     ) -> None:
         """A terminal state: desired off, client gone, lease released."""
+        # Out of the hosted bots first: a reconcile pass that reads the row this writes (desired off)
+        # must not find the bot still hosted and record a `disconnected` over the terminal state.
+        self.hosted.pop(hosted.bot_id, None)
         await self.stop_client(hosted)
         changes: dict = {"desired_connected": False, "logout_requested": False, "last_error": reason}
         if clear_device:
