@@ -382,7 +382,7 @@ def measure_neonize(clients: int, shards: int, store: str, env: dict, idle: floa
         "shard_rss_mb_before_clients": [m["rss_mb"] for m in empty],
         "shard_threads_before_clients": [m["threads"] for m in empty],
         "rss_mb_per_client": round(added_rss / clients, 3),
-        # Each ended attempt leaks a store pool (notes/neonize.md section 4): offline, hosting means retrying.
+        # Each ended attempt leaks a store pool (docs/neonize.md section 4): offline, hosting means retrying.
         "rss_mb_per_attempt": round(added_rss / max(1, total_attempts), 3),
         "threads_per_client": round(added_threads / clients, 2),
         "postgres_connections_before_clients": empty_connections,

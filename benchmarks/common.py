@@ -17,6 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/botplatform_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
+# The project's packages, importable by the benchmarks (those that need no Django at import, at the top).
+sys.path.insert(0, str(ROOT))
 
 
 def setup_django(*, redis: bool = True) -> dict[str, str]:
@@ -26,7 +28,6 @@ def setup_django(*, redis: bool = True) -> dict[str, str]:
         os.environ.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    sys.path.insert(0, str(ROOT))
     url = os.environ["DATABASE_URL"]
     if url.startswith("postgres"):
         import psycopg
@@ -203,7 +204,7 @@ class NudgeCounter:
         import redis
         from django.conf import settings
 
-        from whatsapp.control import SHARDS_GROUP
+        from bots.control import SHARDS_GROUP
 
         url = os.environ.get("REDIS_URL")
         self.client = redis.Redis.from_url(url) if url else None

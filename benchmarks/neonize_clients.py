@@ -5,7 +5,7 @@
 WhatsApp's servers are unreachable here, so each client makes its real first
 connect attempt (store opened, Go client created, dial fails at DNS) and then
 waits in backoff while the shard keeps hosting it. The figures therefore
-include what every attempt leaks (a store pool: notes/neonize.md section 4),
+include what every attempt leaks (a store pool: docs/neonize.md section 4),
 not a live WhatsApp session.
 """
 

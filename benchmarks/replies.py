@@ -58,8 +58,8 @@ def main() -> None:
     from django.db.models import Count
     from django.utils import timezone
 
+    from bots.control import nudge_shards
     from bots.models import Bot, Direction, Message
-    from whatsapp.control import nudge_shards
     from whatsapp.models import Session, SimulatorInbound, SimulatorSent
 
     reset_data()

@@ -23,11 +23,10 @@ import uuid
 
 from common import ROOT, emit, percentile, reset_data, setup_django
 
+from whatsapp.providers.base import Client, Provider
 
-class QuietClient:
-    def __init__(self, bot_id):
-        self.bot_id = bot_id
 
+class QuietClient(Client):
     async def start(self):
         pass
 
@@ -38,19 +37,13 @@ class QuietClient:
         pass
 
 
-class QuietProvider:
+class QuietProvider(Provider):
     """Clients that only report what the benchmark tells them to."""
 
     name = "simulator"
 
-    async def open(self):
-        pass
-
-    async def close(self):
-        pass
-
     def client(self, device, events):
-        return QuietClient(device.bot_id)
+        return QuietClient(device, events)
 
 
 async def subscriber(port: int, token: str, bot_ids: list[str], expected: int) -> None:
@@ -90,8 +83,8 @@ async def run(args, env) -> dict:
     from django.contrib.auth.models import User
 
     from bots.models import ApiToken, Bot
+    from pool.shard import Shard
     from whatsapp.models import Session
-    from whatsapp.pool import Shard
 
     def prepare():
         reset_data()

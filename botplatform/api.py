@@ -1,8 +1,10 @@
-"""The JSON API: one NinjaAPI, its auth and its error shape (DESIGN.md section 6).
+"""The JSON API's error shape and how it reads requests (docs/api.md): shared by every router.
 
 Every error is ``{"error": {"code", "message", "fields"?}}``. Checks run in the
 order 401, 404, 413, 415, 400: auth is Ninja's, the bot lookup comes first in
 each view, and request bodies are read by :func:`parse_body` after it.
+:class:`Api` is a NinjaAPI that answers every error in that shape; the
+project's instance, with its auth and routers, is made in botplatform/urls.py.
 """
 
 from __future__ import annotations
@@ -19,10 +21,8 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryD
 from django.utils.decorators import sync_and_async_middleware
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
-from ninja.security import APIKeyCookie, HttpBearer
+from ninja.security import APIKeyCookie
 from ninja.utils import check_csrf
-
-from bots.models import ApiToken
 
 logger = logging.getLogger(__name__)
 Schema = TypeVar("Schema", bound=pydantic.BaseModel)
@@ -43,11 +43,6 @@ def error_response(status: int, code: str, message: str, fields: dict | None = N
     return JsonResponse({"error": error}, status=status)
 
 
-class BearerAuth(HttpBearer):
-    def authenticate(self, request: HttpRequest, token: str):
-        return ApiToken.objects.user_for(token)
-
-
 class SessionAuth(APIKeyCookie):
     """Django's session, with CSRF checked only once the user is known (401 before 403)."""
 
@@ -65,15 +60,6 @@ class SessionAuth(APIKeyCookie):
         if check_csrf(request) is not None:
             raise ApiError(403, "csrf_failed", "CSRF token missing or incorrect. Send it in the X-CSRFToken header.")
         return request.user
-
-
-api = NinjaAPI(
-    title="WhatsApp AI bot platform",
-    version="1.0",
-    description="Bots that answer WhatsApp messages with Google Gemini.",
-    auth=[BearerAuth(), SessionAuth()],
-    urls_namespace="api",
-)
 
 
 NINJA_LOCATIONS = ("body", "payload", "query", "path")
@@ -163,7 +149,6 @@ def parse_body(request: HttpRequest, schema: type[Schema], *, optional: bool = F
         ) from None
 
 
-@api.exception_handler(ApiError)
 def on_api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
     response = error_response(exc.status, exc.code, exc.message, exc.fields)
     for name, value in exc.headers.items():
@@ -171,7 +156,6 @@ def on_api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
     return response
 
 
-@api.exception_handler(AuthenticationError)
 def on_authentication_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
     response = error_response(
         401, "unauthorized", "Authentication required: send 'Authorization: Bearer <token>' or log in."
@@ -180,25 +164,34 @@ def on_authentication_error(request: HttpRequest, exc: AuthenticationError) -> H
     return response
 
 
-@api.exception_handler(ValidationError)
 def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
     return error_response(400, "validation_error", "Some fields are invalid.", validation_fields(exc.errors))
 
 
-@api.exception_handler(Http404)
 def on_not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
     return error_response(404, "not_found", str(exc) or "Not found.")
 
 
-@api.exception_handler(HttpError)
 def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return error_response(exc.status_code, "http_error", str(exc))
 
 
-@api.exception_handler(Exception)
 def on_unexpected_error(request: HttpRequest, exc: Exception) -> HttpResponse:
     logger.exception("Unexpected error in %s %s", request.method, request.path)
     return error_response(500, "server_error", "Something went wrong on our side. It has been logged.")
+
+
+class Api(NinjaAPI):
+    """A NinjaAPI whose every error, expected or not, is in the project's shape."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_exception_handler(ApiError, on_api_error)
+        self.add_exception_handler(AuthenticationError, on_authentication_error)
+        self.add_exception_handler(ValidationError, on_validation_error)
+        self.add_exception_handler(Http404, on_not_found)
+        self.add_exception_handler(HttpError, on_http_error)
+        self.add_exception_handler(Exception, on_unexpected_error)
 
 
 STATUS_CODES = {

@@ -1,4 +1,10 @@
-"""ASGI entry point, served by daphne: HTTP through Django, WebSockets through Channels."""
+"""ASGI entry point, served by daphne: HTTP through Django, WebSockets through Channels.
+
+WebSockets pass botplatform/handshake.py first (a route, then the Origin), then
+the session cookie middleware; the consumers authenticate themselves on any of
+the loop's threads (bots/sockets.py), rather than in Channels' AuthMiddleware,
+which runs every handshake's user lookup on one thread.
+"""
 
 import os
 
@@ -8,15 +14,18 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botplatform.settings")
 # Django must be set up before anything imports models (the Channels tutorial's order).
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
+from botplatform import handshake  # noqa: E402
 from botplatform.routing import websocket_urlpatterns  # noqa: E402
+
+handshake.teach_daphne_denial_responses()
+router = URLRouter(websocket_urlpatterns)
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": handshake.Handshake(router, SessionMiddlewareStack(router)),
     }
 )

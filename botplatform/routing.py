@@ -2,8 +2,8 @@
 
 from django.urls import path
 
-from bots.consumers import BotListConsumer, BotPageConsumer
-from whatsapp.consumers import ConnectionEventsConsumer
+from bots.consumers import ConnectionEventsConsumer
+from bots.live import BotListConsumer, BotPageConsumer
 
 websocket_urlpatterns = [
     path("api/bots/<uuid:bot_id>/connection-events", ConnectionEventsConsumer.as_asgi()),

@@ -1,4 +1,4 @@
-"""Settings, read from the environment (DESIGN.md section 8).
+"""Settings, read from the environment (docs/settings.md).
 
 Defaults run on one machine with SQLite and no Redis; production sets
 DATABASE_URL, REDIS_URL, SECRET_KEY, ALLOWED_HOSTS and HTTPS=1.
@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "channels",
     "django_htmx",
     "ninja",
+    "pool",
     "bots",
     "whatsapp",
 ]
@@ -121,7 +122,7 @@ REDIS_URL = env.url("REDIS_URL", ("redis", "rediss", "unix"))
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            # The pub/sub layer is 2-5x faster than the core layer (notes/floors.md).
+            # The pub/sub layer is 2-5x faster than the core layer (docs/architecture.md, live events).
             # It keeps no queue, which is fine: events are hints, the DB is the truth.
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             # Redis pub/sub ignores database numbers: the prefix keeps deployments that share
@@ -130,9 +131,11 @@ if REDIS_URL:
         }
     }
 else:
-    # Without Redis there is no cross-process layer; consumers follow the
-    # session event log instead (DESIGN.md section 2).
-    CHANNEL_LAYERS = {}
+    # Without Redis the web's sockets listen on a layer of its own process; what the shards
+    # write reaches it through one follower of the database (bots/follower.py).
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# Open live sockets per user and web process; more are accepted, then closed with 4429.
+WEBSOCKETS_PER_USER = env.int("WEBSOCKETS_PER_USER", 100, min=50, max=100_000)
 
 # --- Auth, i18n, static ------------------------------------------------------
 
@@ -169,7 +172,7 @@ STORAGES = {
 # Static files are served from the finders when collectstatic has not run (tests, DEBUG=0 locally).
 WHITENOISE_USE_FINDERS = True
 
-# Request bodies over 1 MiB are refused with 413 (DESIGN.md section 6).
+# Request bodies over 1 MiB are refused with 413 (docs/api.md).
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 
 # Logs carry the shard and bot ids (botplatform/logs.py); LOG_FORMAT=json writes a JSON object per line.
@@ -228,10 +231,10 @@ WHATSAPP_REPLY_MAX_AGE = env.int("WHATSAPP_REPLY_MAX_AGE", 900, min=1)
 # Bots one shard hosts at most (it advertises the room left; placement shares bots by it).
 WHATSAPP_SHARD_CAPACITY = env.int("WHATSAPP_SHARD_CAPACITY", 1000, min=1, max=100_000)
 # neonize bots one shard hosts at most, and connect attempts before it recycles itself
-# (each attempt leaks a store connection: notes/neonize.md section 4).
+# (each attempt leaks a store connection: docs/neonize.md, section 4).
 WHATSAPP_NEONIZE_CAPACITY = env.int("WHATSAPP_NEONIZE_CAPACITY", 200, min=1, max=2000)
 WHATSAPP_RECYCLE_AFTER = env.int("WHATSAPP_RECYCLE_AFTER", 50, min=1)
-# Reconnect backoff: 2 s doubling to 60 s, full jitter (DESIGN.md section 5).
+# Reconnect backoff: 2 s doubling to 60 s, full jitter (docs/invariants.md, connection lifecycle).
 WHATSAPP_BACKOFF_BASE = env.float("WHATSAPP_BACKOFF_BASE", 2.0, min=0.01, max=60)
 WHATSAPP_BACKOFF_CAP = env.float("WHATSAPP_BACKOFF_CAP", 60.0, min=0.01, max=3600)
 WHATSAPP_CONNECT_RATE_BOT = env.rate("WHATSAPP_CONNECT_RATE_BOT", "5/60")

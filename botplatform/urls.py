@@ -1,16 +1,25 @@
+"""URL wiring: the pages, the admin, the JSON API and its routers, health and metrics."""
+
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from botplatform.api import api
-from bots.api import router as bots_router
-from whatsapp import monitoring
-from whatsapp.api import router as whatsapp_router
-from whatsapp.simulator_api import router as simulator_router
+from botplatform.api import Api, SessionAuth
+from bots import monitoring
+from bots.api import bots, messages, simulator, whatsapp
+from bots.api.base import BearerAuth
 
-api.add_router("/bots", bots_router)
-api.add_router("/bots", whatsapp_router)
-api.add_router("/bots", simulator_router)
+api = Api(
+    title="WhatsApp AI bot platform",
+    version="1.0",
+    description="Bots that answer WhatsApp messages with Google Gemini.",
+    auth=[BearerAuth(), SessionAuth()],
+    urls_namespace="api",
+)
+api.add_router("/bots", bots.router)
+api.add_router("/bots", messages.router)
+api.add_router("/bots", whatsapp.router)
+api.add_router("/bots", simulator.router)
 
 urlpatterns = [
     path("", include("bots.urls")),

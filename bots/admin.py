@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.auth import admin as auth_admin
+from django.contrib.auth import get_user_model
 from django.template.loader import render_to_string
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from bots import broadcasts, control
 from bots.forms import BotForm
 from bots.models import ApiToken, Bot, Message
-from whatsapp import control
 from whatsapp.models import Session
 
 
@@ -84,6 +86,14 @@ class BotAdmin(admin.ModelAdmin):
     ]
     inlines = [SessionInline]
     actions = ["connect_whatsapp", "disconnect_whatsapp", "logout_whatsapp"]
+
+    def delete_model(self, request, obj: Bot) -> None:
+        # As the API's DELETE: hidden at once, the device logged out by its shard, its sockets closed.
+        control.delete_bot(obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for bot in queryset.filter(deleted_at__isnull=True):
+            control.delete_bot(bot)
 
     def get_inline_instances(self, request, obj=None):
         # A new bot's session is created with it (Bot.save): there is nothing to show before.
@@ -184,6 +194,13 @@ class ApiTokenAdmin(admin.ModelAdmin):
         # A token is created or revoked, never edited.
         return obj is None
 
+    def delete_model(self, request, obj: ApiToken) -> None:
+        obj.revoke()
+
+    def delete_queryset(self, request, queryset) -> None:
+        for token in queryset:
+            token.revoke()
+
     def save_model(self, request, obj: ApiToken, form, change) -> None:
         secret = obj.set_new_secret()
         super().save_model(request, obj, form, change)
@@ -191,3 +208,27 @@ class ApiTokenAdmin(admin.ModelAdmin):
             request,
             _("The new token is %(secret)s — copy it now: it will not be shown again.") % {"secret": secret},
         )
+
+
+class UserAdmin(auth_admin.UserAdmin):
+    """Django's, and a user who is deactivated or deleted loses their open sockets at once."""
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        if change and not obj.is_active:
+            broadcasts.user_revoked(obj.pk)
+
+    def delete_model(self, request, obj) -> None:
+        user_id = obj.pk
+        super().delete_model(request, obj)
+        broadcasts.user_revoked(user_id)
+
+    def delete_queryset(self, request, queryset) -> None:
+        user_ids = list(queryset.values_list("pk", flat=True))
+        super().delete_queryset(request, queryset)
+        for user_id in user_ids:
+            broadcasts.user_revoked(user_id)
+
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), UserAdmin)

@@ -1,4 +1,4 @@
-"""Forms for bots: the limits of the JSON API (DESIGN.md section 6), shared by the pages and the admin."""
+"""Forms for bots: the limits of the JSON API (docs/api.md), shared by the pages and the admin."""
 
 from __future__ import annotations
 

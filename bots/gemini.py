@@ -1,6 +1,6 @@
 """Google Gemini through the google-genai SDK: one client per process, async calls, a budget per reply.
 
-What the SDK does and how it fails is in notes/gemini.md. In short: the SDK
+What the SDK does and how it fails is in docs/gemini.md. In short: the SDK
 retries 408/429/5xx, timeouts and connection errors itself (``HttpRetryOptions``),
 but never reads the ``RetryInfo`` delay Google puts in a 429 body; blocked,
 empty and cut-off answers come back as HTTP 200 with ``text`` None; transport

@@ -1,4 +1,4 @@
-"""Storing what reaches a bot: first, once, whatever else happens (DESIGN.md invariant 4)."""
+"""Storing what reaches a bot: first, once, whatever else happens (docs/invariants.md, 4)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from django.db import transaction
 from django.utils import timezone
 
+from bots import broadcasts
 from bots.models import Direction, Message, MessageStatus, MessageType
 from whatsapp.providers.base import Inbound
 
@@ -58,4 +59,6 @@ def store_inbound(
             stored = {(m.bot_id, m.chat, m.wa_id): m for m in found}
         for ack in acks:
             ack()
+        for bot_id in {row.bot_id for row in rows}:
+            broadcasts.messages_changed(bot_id)
     return [stored[(row.bot_id, row.chat, row.wa_id)] if row.wa_id else row for row in rows]

@@ -1,11 +1,15 @@
-"""What the operator's pages show, and what changed since: the same partials for the first render and live updates.
+"""The operator's pages, live: what changed since a page's cursor, and the sockets that push it.
 
 A page is rendered with a cursor (the session version it shows, the newest message
-id, the messages whose status may still change). The page consumer
-(bots/consumers.py) and the polling fallback (``bots.views.bot_live``) both call
-:func:`bot_updates` with that cursor and get back the partials that changed,
-marked ``hx-swap-oob``, and the moved cursor. The database is the truth: a frame
-on the channel layer only wakes the consumer up to look (DESIGN.md invariant 1).
+id, the messages whose status may still change). Its socket (``ws/bots/{id}/live``,
+``ws/bots/live``) and its polling fallback (bots/views.py) both call
+:func:`bot_updates` or :func:`list_updates` with that cursor and get back the
+partials that changed, marked ``hx-swap-oob`` for htmx, and the moved cursor.
+
+A socket renders once when it opens, then again only when its groups hear
+that something changed (bots/broadcasts.py, whatsapp/state.py): it follows
+no clock. The database is the truth; a hint only says when to look
+(docs/invariants.md, 1).
 """
 
 from __future__ import annotations
@@ -13,13 +17,17 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs
 
+from django.conf import settings
 from django.db.models import Count, Max, Q
 from django.template.loader import render_to_string
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from bots.models import Bot, Message, MessageStatus
+from bots.sockets import CLOSE_NOT_FOUND, LiveSocket, on_any_thread
 from whatsapp.models import Session, SessionEvent, Status
+from whatsapp.state import group_name
 
 HISTORY_SIZE = 50
 CHAT_LIST_SIZE = 50
@@ -51,13 +59,19 @@ class Cursor:
     recent: dict[int, datetime.datetime] = field(default_factory=dict)
 
     @classmethod
-    def from_query(cls, query: Mapping[str, str]) -> Cursor:
+    def from_query(cls, query: Mapping[str, list[str]]) -> Cursor:
+        """From a page's query: ``seq``, ``after`` and ``pending`` (``id:status``, repeated or comma-separated)."""
+
+        def first(name: str, default: int) -> int:
+            return _int((query.get(name) or [default])[0], default)
+
         pending: dict[int, str] = {}
-        for item in str(query.get("pending", "")).split(",")[:PENDING_LIMIT]:
+        items = [item for value in query.get("pending", []) for item in value.split(",")]
+        for item in items[:PENDING_LIMIT]:
             message_id, _, status = item.partition(":")
             if message_id.isdigit() and status in MessageStatus.values:
                 pending[int(message_id)] = status
-        return cls(seq=_int(query.get("seq", -1), -1), after=max(0, _int(query.get("after", 0), 0)), pending=pending)
+        return cls(seq=first("seq", -1), after=max(0, first("after", 0)), pending=pending)
 
 
 def is_pending(message: Message) -> bool:
@@ -196,11 +210,126 @@ def bot_updates(bot: Bot, cursor: Cursor, *, chat: str | None = None, csrf_token
 
 
 def list_updates(user, since: Mapping[object, int] | None = None) -> tuple[str, dict]:
-    """Status badges of the bot list whose session moved past ``since`` (all of them without it)."""
-    sessions = list(Session.objects.filter(bot__in=Bot.objects.visible_to(user)).order_by("pk"))
-    versions = {session.pk: session.version for session in sessions}
-    if since is not None:
-        sessions = [s for s in sessions if s.version > since.get(s.pk, -1)]
-    if not sessions:
+    """The bot list's rows when the user's bots changed (all of them without ``since``), else the moved badges.
+
+    ``since`` maps each bot the page shows to the session version it shows.
+    """
+    bots = list(Bot.objects.visible_to(user).select_related("session"))
+    versions = {bot.pk: bot.session.version for bot in bots}
+    if since is None or set(since) != set(versions):
+        return render_to_string("bots/_bot_list.html", {"bots": bots, "oob": True}), versions
+    moved = [bot.session for bot in bots if bot.session.version > since[bot.pk]]
+    if not moved:
         return "", versions
-    return render_to_string("bots/_list_live.html", {"sessions": sessions, "oob": True}), versions
+    return render_to_string("bots/_list_live.html", {"sessions": moved, "oob": True}), versions
+
+
+# --- The sockets ---------------------------------------------------------------------------
+
+
+def page_language(code: str | None) -> str:
+    """The language the page was rendered in (its ``lang`` parameter), if this site speaks it."""
+    try:
+        return translation.get_supported_language_variant(code or "")
+    except LookupError:
+        return settings.LANGUAGE_CODE
+
+
+class Gone(Exception):
+    """The bot the page shows was deleted: its socket closes with 4404."""
+
+
+class LivePage(LiveSocket):
+    """A page's socket: renders what changed since its cursor, in the page's language, on a DB thread."""
+
+    async def authorize(self) -> bool:
+        self.query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        self.language = page_language((self.query.get("lang") or [None])[0])
+        return await on_any_thread(self.find)()
+
+    async def start(self) -> None:
+        await self.update()
+
+    async def update(self) -> None:
+        try:
+            html = await on_any_thread(self._render)()
+        except Gone:
+            await self.refuse(CLOSE_NOT_FOUND)
+            return
+        if html:
+            await self.push(html)
+
+    def _render(self) -> str:
+        with translation.override(self.language):
+            return self.render()
+
+    def find(self) -> bool:
+        raise NotImplementedError
+
+    def render(self) -> str:
+        """What changed since the last call, as out-of-band partials ("" for nothing). Runs on a DB thread."""
+        raise NotImplementedError
+
+
+class BotPageConsumer(LivePage):
+    """``ws/bots/{id}/live[?chat=JID]``: the pairing panel, history and conversations of one bot."""
+
+    def find(self) -> bool:
+        bot_id = self.scope["url_route"]["kwargs"]["bot_id"]
+        self.bot = Bot.objects.visible_to(self.listener.user).filter(pk=bot_id).first()
+        if self.bot is None:
+            return False
+        self.chat = (self.query.get("chat") or [None])[0] or None
+        self.cursor = Cursor.from_query(self.query)
+        # Forms in the partials post with the page's CSRF cookie (Django accepts the unmasked secret).
+        self.csrf_token = self.scope.get("cookies", {}).get(settings.CSRF_COOKIE_NAME, "")
+        return True
+
+    async def join_groups(self) -> None:
+        await self.join(group_name(self.bot.pk))
+
+    async def page_changed(self, message: dict) -> None:
+        await self.update()
+
+    def render(self) -> str:
+        try:
+            html, self.cursor = bot_updates(self.bot, self.cursor, chat=self.chat, csrf_token=self.csrf_token)
+        except Session.DoesNotExist:
+            raise Gone from None
+        return html
+
+
+class BotListConsumer(LivePage):
+    """``ws/bots/live``: the user's bots, their rows when the list changes and their badges when a status moves."""
+
+    def find(self) -> bool:
+        self.versions: dict | None = None
+        return True
+
+    async def join_groups(self) -> None:
+        for bot_id in await on_any_thread(self.bot_ids)():
+            await self.join(group_name(bot_id))
+
+    def bot_ids(self) -> list:
+        return list(Bot.objects.visible_to(self.listener.user).values_list("pk", flat=True))
+
+    async def page_changed(self, message: dict) -> None:
+        if message.get("status"):
+            await self.update()
+
+    async def list_changed(self, message: dict) -> None:
+        self.versions = None  # the rows again, whole: a name may have changed
+        await self.update()
+        # Hear the bots it shows now, and only those.
+        wanted = {group_name(bot_id) for bot_id in self.versions or ()}
+        for group in [g for g in self.joined if g.startswith("bot.") and g not in wanted]:
+            await self.leave(group)
+        for group in wanted - set(self.joined):
+            await self.join(group)
+
+    async def bot_access(self, message: dict) -> None:
+        """A bot was given away or deleted: the list follows (``list.changed``); the socket stays."""
+
+    def render(self) -> str:
+        html, self.versions = list_updates(self.listener.user, self.versions)
+        return html

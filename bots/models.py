@@ -9,6 +9,9 @@ from django.db import models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from bots import broadcasts
+from whatsapp.models import Session
+
 DEFAULT_FALLBACK_TEXT = "Desculpe, não consegui responder agora. Por favor, tente novamente em instantes."
 DEFAULT_NON_TEXT_REPLY = "Por enquanto só consigo ler mensagens de texto. Pode me escrever sua pergunta?"
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9.-]{0,63}$"
@@ -84,14 +87,25 @@ class Bot(models.Model):
         return self.name
 
     def save(self, *args, **kwargs) -> None:
-        from whatsapp.models import Session
-
-        # Every bot has its session row, created with it whatever creates the bot.
+        """The one write path of a bot's fields: its session row comes with it, and its lists hear of it."""
         adding = self._state.adding
+        previous_owner = getattr(self, "_loaded_owner_id", None)
         with transaction.atomic():
             super().save(*args, **kwargs)
             if adding:
                 Session.objects.create(bot=self)
+            broadcasts.list_changed(self.owner_id)
+            if previous_owner is not None and previous_owner != self.owner_id:
+                # Given to someone else: the old owner's sockets of it close, and their list loses it.
+                broadcasts.bot_access_changed(self.pk, self.owner_id)
+                broadcasts.list_changed(previous_owner)
+        self._loaded_owner_id = self.owner_id
+
+    @classmethod
+    def from_db(cls, db, field_names, values) -> Bot:
+        bot = super().from_db(db, field_names, values)
+        bot._loaded_owner_id = bot.__dict__.get("owner_id")
+        return bot
 
 
 class Direction(models.TextChoices):
@@ -121,7 +135,7 @@ class MessageType(models.TextChoices):
 class MessageQuerySet(models.QuerySet["Message"]):
     def queue(self, *, bot_id: uuid.UUID, chat: str, text: str, sender: str = "", **fields) -> Message:
         """An outbound text message for the outbox: the shard hosting the bot sends it."""
-        return self.create(
+        message = self.create(
             bot_id=bot_id,
             chat=chat,
             sender=sender,
@@ -131,10 +145,12 @@ class MessageQuerySet(models.QuerySet["Message"]):
             status=MessageStatus.QUEUED,
             **fields,
         )
+        broadcasts.messages_changed(bot_id)
+        return message
 
 
 class Message(models.Model):
-    """The inbox and the outbox of a bot (DESIGN.md section 3)."""
+    """The inbox and the outbox of a bot (docs/architecture.md, data model)."""
 
     bot = models.ForeignKey(Bot, models.CASCADE, related_name="messages", verbose_name=_("bot"))
     chat = models.CharField(_("chat JID"), max_length=128)
@@ -174,6 +190,8 @@ class Message(models.Model):
         indexes = [
             models.Index(fields=["bot", "chat", "created_at"], name="message_chat_time"),
             models.Index(fields=["bot", "status"], name="message_bot_status"),
+            # What the web follows without Redis (bots/follower.py).
+            models.Index(fields=["updated_at"], name="message_updated"),
         ]
 
     def __str__(self) -> str:
@@ -185,8 +203,8 @@ def hash_token(token: str) -> str:
 
 
 class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
-    def user_for(self, token: str):
-        """The active user a bearer token belongs to, or None."""
+    def find(self, token: str) -> ApiToken | None:
+        """The token of an active user that this secret is, or None."""
         row = self.select_related("user").filter(key_hash=hash_token(token), user__is_active=True).first()
         if row is None:
             return None
@@ -194,7 +212,12 @@ class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
         # Touch at most once a minute: no write on every request.
         if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
             ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
-        return row.user
+        return row
+
+    def user_for(self, token: str):
+        """The active user a bearer token belongs to, or None."""
+        row = self.find(token)
+        return row.user if row is not None else None
 
 
 class ApiToken(models.Model):
@@ -225,6 +248,13 @@ class ApiToken(models.Model):
         self.prefix = secret[:8]
         self.key_hash = hash_token(secret)
         return secret
+
+    def revoke(self) -> None:
+        """Delete the token; the sockets it opened close (4401)."""
+        token_id = self.pk
+        with transaction.atomic():
+            self.delete()
+            broadcasts.token_revoked(self.user_id, token_id)
 
     @classmethod
     def issue(cls, user, name: str = "") -> tuple[ApiToken, str]:

@@ -1,4 +1,4 @@
-"""AI replies: every text that reaches a connected bot gets one answer (DESIGN.md invariants 4 and 5).
+"""AI replies: every text that reaches a connected bot gets one answer (docs/invariants.md, 4 and 5).
 
 The path of one inbound message, each step a compare-and-set fenced by the
 shard's lease epoch, so a shard that lost a bot writes nothing for it:
@@ -13,50 +13,39 @@ shard's lease epoch, so a shard that lost a bot writes nothing for it:
 5. the outbox: :func:`claim` (``queued -> sending``), then the provider sends and
    runs :func:`mark_sent` in its commit (the simulator in the same transaction).
 
-The database steps are plain sync functions, run on the shard's DB threads and
-called directly by tests; :class:`ReplyPipeline` is the async part a shard owns.
+These are plain sync functions, run on the shard's DB threads and called
+directly by tests; the async driver that runs them for a shard's chats is
+pool/replies.py. Every status change goes through :func:`_move`, which tells
+the bot's pages after commit (bots/broadcasts.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import concurrent.futures
 import datetime
 import functools
 import logging
 import operator
-import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from botplatform import logs
-from bots import gemini
+from bots import broadcasts, gemini
 from bots.gemini import Turn
 from bots.models import TEXT_LIMIT, Bot, Direction, Message, MessageStatus, MessageType
 from whatsapp import jids
 from whatsapp.models import Session
-from whatsapp.providers.base import NotConnected
 from whatsapp.state import Fenced
-
-if TYPE_CHECKING:
-    from whatsapp.pool import Hosted, Shard
 
 logger = logging.getLogger(__name__)
 
 # The conversation Gemini sees: the last messages of the chat, at most this many characters.
 HISTORY_MESSAGES = 20
 HISTORY_CHARS = 12_000
-# How often a shard looks for inbound messages that no reply task holds (a safety net: see ReplyPipeline).
-SWEEP_SECONDS = 30.0
-# How long a stopping shard waits for the statements its reply threads are running.
-STOP_SECONDS = 10.0
 ACTIVE = (MessageStatus.RECEIVED, MessageStatus.REPLYING)
 MEDIA = (MessageType.IMAGE, MessageType.AUDIO, MessageType.STICKER)
 INTERRUPTED = "interrupted while sending: it may or may not have reached WhatsApp, so it is not sent again"
@@ -244,6 +233,7 @@ def _move(message_id: int, statuses, fence: Fence | None, **changes) -> bool:
 
     In SQL: it is the pipeline's most frequent statement, and the ORM spends several
     times the database's time building it with an Exists() like :func:`holds_lease`.
+    A move is told to the bot's pages after commit.
     """
     changes["updated_at"] = timezone.now()
     fields = [Message._meta.get_field(name) for name in changes]
@@ -261,9 +251,14 @@ def _move(message_id: int, statuses, fence: Fence | None, **changes) -> bool:
             f" AND {sessions}.{quote('lease_owner')} = %s AND {sessions}.{quote('lease_epoch')} = %s)"
         )
         params += list(fence)
+    sql += f" RETURNING {quote('bot_id')}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.rowcount == 1
+        moved = cursor.fetchone()
+    if moved is None:
+        return False
+    broadcasts.messages_changed(moved[0])
+    return True
 
 
 def begin(message_id: int, fence: Fence, now: datetime.datetime | None = None) -> Prompt | Work | None:
@@ -413,173 +408,9 @@ def recover(bot_id: uuid.UUID, fence: Fence, atomic_send: bool) -> list[Work]:
     """
     stuck = Message.objects.filter(bot_id=bot_id, status=MessageStatus.SENDING).filter(holds_lease(fence))
     if atomic_send:
-        stuck.update(status=MessageStatus.QUEUED, updated_at=timezone.now())
+        settled = stuck.update(status=MessageStatus.QUEUED, updated_at=timezone.now())
     else:
-        stuck.update(status=MessageStatus.FAILED, error=INTERRUPTED, updated_at=timezone.now())
+        settled = stuck.update(status=MessageStatus.FAILED, error=INTERRUPTED, updated_at=timezone.now())
+    if settled:
+        broadcasts.messages_changed(bot_id)
     return pending([bot_id], [bot_id])
-
-
-# --- The shard's reply pipeline -------------------------------------------------------------
-
-
-class ReplyPipeline:
-    """A shard's replies: in order within a chat, concurrently across chats, Gemini calls bounded.
-
-    Each chat with work has one task draining its line of messages; Gemini calls
-    take a slot of WHATSAPP_AI_CONCURRENCY. Messages come from ``received``
-    (stored just now), ``recover`` (a bot just taken) and ``scan`` (outbound
-    messages queued by the API, replies that waited for a connection, and now
-    and then every unanswered inbound message: the database is the truth).
-    """
-
-    def __init__(self, shard: Shard, db_threads: int = 4) -> None:
-        self.shard = shard
-        # Threads of its own: a burst of replies never holds up the shard's storing of new
-        # messages or its connection writes, which queue on the shard's threads.
-        self.db_pool = concurrent.futures.ThreadPoolExecutor(db_threads, thread_name_prefix="reply-db")
-        from whatsapp.pool import run_on  # the shard's: a broken connection is replaced, not reused
-
-        self._run_on = run_on
-        self.ai_slots = asyncio.Semaphore(settings.WHATSAPP_AI_CONCURRENCY)
-        self.lines: dict[tuple[uuid.UUID, str], collections.deque[Work]] = {}
-        self.lined: set[int] = set()
-        # Chats with a reply that could not be sent (not connected): later ones wait for it.
-        self.held: set[tuple[uuid.UUID, str]] = set()
-        self.tasks: set[asyncio.Task] = set()
-        self.last_sweep = time.monotonic()
-
-    async def start(self) -> None:
-        try:
-            # Built off the loop: it takes tens of milliseconds.
-            await asyncio.to_thread(gemini.client)
-        except Exception as exc:
-            logger.error("Gemini client unavailable: %s; replies will use the fallback text", exc)
-
-    async def stop(self) -> None:
-        """Cancel every reply in progress; the next host of each bot picks them up from the database."""
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.lines.clear()
-        self.lined.clear()
-        # Waits for statements already running (milliseconds), off the loop, and not forever.
-        waiting = asyncio.get_running_loop().run_in_executor(None, self.db_pool.shutdown)
-        try:
-            await asyncio.wait_for(waiting, STOP_SECONDS)
-        except TimeoutError:
-            logger.warning("reply database threads still busy after %.0f s; leaving them", STOP_SECONDS)
-
-    async def db(self, fn, *args, **kwargs):
-        return await self._run_on(self.db_pool, fn, *args, **kwargs)
-
-    # --- where work comes from ---
-
-    def received(self, message: Message) -> None:
-        if message.status in ACTIVE:
-            self.submit(Work.of(message))
-
-    async def recover(self, hosted: Hosted) -> None:
-        atomic = getattr(self.shard.providers.get(hosted.provider), "atomic_send", False)
-        for work in await self.db(recover, hosted.bot_id, self.shard.fence(hosted), atomic):
-            self.submit(work)
-
-    async def scan(self) -> None:
-        connected = [bot_id for bot_id, hosted in self.shard.hosted.items() if hosted.phase == "connected"]
-        inbound: list[uuid.UUID] = []
-        if time.monotonic() - self.last_sweep >= SWEEP_SECONDS:
-            inbound = list(self.shard.hosted)
-        if connected or inbound:
-            found = await self.db(pending, inbound, connected)
-            if inbound:
-                self.last_sweep = time.monotonic()  # only once it ran: a failed sweep is tried on the next pass
-            for work in found:
-                self.submit(work)
-
-    def submit(self, work: Work) -> None:
-        if work.id in self.lined or work.bot_id not in self.shard.hosted:
-            return
-        self.lined.add(work.id)
-        key = (work.bot_id, work.chat)
-        line = self.lines.get(key)
-        if line is None:
-            line = self.lines[key] = collections.deque()
-            task = asyncio.create_task(self._drain(key, line), name=f"chat {work.chat}")
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-        line.append(work)
-
-    # --- one chat, in order ---
-
-    async def _drain(self, key: tuple[uuid.UUID, str], line: collections.deque[Work]) -> None:
-        logs.set_bot(key[0])  # this task's lines name its bot
-        try:
-            while line:
-                work = line[0]
-                try:
-                    if work.direction == Direction.IN:
-                        await self._answer(work)
-                    else:
-                        await self._send(work)
-                except Exception:
-                    # Left as it is in the database: the next sweep or host tries again.
-                    logger.exception("message %s: reply step failed", work.id)
-                finally:
-                    line.popleft()
-                    self.lined.discard(work.id)
-        finally:
-            if self.lines.get(key) is line:
-                del self.lines[key]
-
-    async def _answer(self, work: Work) -> None:
-        hosted = self.shard.hosted.get(work.bot_id)
-        if hosted is None:
-            return
-        fence = self.shard.fence(hosted)
-        step = await self.db(begin, work.id, fence)
-        if isinstance(step, Prompt):
-            async with self.ai_slots:
-                answer = await gemini.generate(
-                    model=step.model, system_prompt=step.system_prompt, temperature=step.temperature, turns=step.turns
-                )
-            step = await self.db(finish, step, answer, fence)
-        if step is not None:
-            await self._send(step)
-
-    async def _send(self, work: Work) -> None:
-        key = (work.bot_id, work.chat)
-        if key in self.held:
-            # Earlier replies of this chat are waiting: they go first.
-            self.held.discard(key)
-            for earlier in await self.db(queued_in_chat, work.bot_id, work.chat, work.id):
-                if not await self._send_one(earlier):
-                    self.held.add(key)
-                    return
-        if not await self._send_one(work):
-            self.held.add(key)
-
-    async def _send_one(self, work: Work) -> bool:
-        """Claim and send one outbound message; False when it must wait for a connection."""
-        hosted = self.shard.hosted.get(work.bot_id)
-        if hosted is None:
-            return True  # not ours anymore: its next host sends it
-        if hosted.client is None or hosted.phase != "connected":
-            return False
-        fence = self.shard.fence(hosted)
-        if not await self.db(claim, work.id, fence):
-            return True  # sent or claimed already
-        client = hosted.client
-        atomic = getattr(self.shard.providers.get(hosted.provider), "atomic_send", False)
-        commit = functools.partial(mark_sent, work.id, fence=fence if atomic else None)
-        try:
-            if client is None:
-                raise NotConnected("not connected")
-            await client.send_text(work.chat, work.text, commit)
-        except NotConnected:
-            await self.db(requeue, work.id, fence)
-            return False
-        except Fenced:
-            return True  # the lease moved while sending: nothing was sent, the next host sends it
-        except Exception as exc:
-            logger.warning("message %s: send failed: %r", work.id, exc)
-            await self.db(send_failed, work.id, fence, f"{type(exc).__name__}: {exc}")
-        return True

@@ -3,7 +3,7 @@
 Function views over Django forms; with htmx (django-htmx's ``request.htmx``)
 they answer with the partials the page swaps, without it with whole pages and
 redirects, so every page also works without JavaScript. Actions go through
-whatsapp/control.py like the JSON API's.
+bots/control.py like the JSON API's.
 """
 
 from __future__ import annotations
@@ -25,17 +25,16 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
-from bots import live
+from bots import control, live
 from bots.forms import WIZARD_STEPS, NewBotForm, NewChatForm, PairPhoneForm, SendMessageForm, SettingsForm
 from bots.models import Bot, Message
-from whatsapp import control
 from whatsapp.models import Status
 
 
 def get_bot_for_user(user, bot_id: uuid.UUID | str) -> Bot:
     """The user's own live bot, or 404: a bot that is not yours does not exist for you.
 
-    Every page view and the page consumer look bots up through here.
+    Every page view looks bots up through here (the page sockets through ``Bot.objects.visible_to`` too).
     """
     return get_object_or_404(Bot.objects.visible_to(user).select_related("session"), pk=bot_id)
 
@@ -65,7 +64,7 @@ def index(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def bots_live(request: HttpRequest) -> HttpResponse:
-    """The polling fallback of the bot list: every status badge."""
+    """The polling fallback of the bot list: its rows."""
     html, _ = live.list_updates(request.user)
     return HttpResponse(html) if html else HttpResponse(status=204)
 
@@ -162,7 +161,8 @@ def bot_live(request: HttpRequest, bot_id: uuid.UUID) -> HttpResponse:
     """The polling fallback of the bot and conversation pages: what the page consumer would have sent."""
     bot = _get_bot_for_user(request, bot_id)
     chat = request.GET.get("chat") or None
-    html, _ = live.bot_updates(bot, live.Cursor.from_query(request.GET), chat=chat, csrf_token=get_token(request))
+    cursor = live.Cursor.from_query(dict(request.GET.lists()))
+    html, _ = live.bot_updates(bot, cursor, chat=chat, csrf_token=get_token(request))
     return HttpResponse(html) if html else HttpResponse(status=204)
 
 
@@ -182,7 +182,7 @@ def _connection_result(
 
 
 def _request_connect(request: HttpRequest, bot: Bot, notice: str, pairing_phone: str = "") -> HttpResponse:
-    """A connect request as the API makes it (whatsapp/control.py), its rate limits shown as a clear message."""
+    """A connect request as the API makes it (bots/control.py), its rate limits shown as a clear message."""
     try:
         control.request_connect(bot, request.user, pairing_phone=pairing_phone)
     except control.RateLimited as exc:

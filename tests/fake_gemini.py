@@ -1,4 +1,4 @@
-"""A fake Gemini API speaking the REST wire format of notes/gemini.md section 3, for tests and benchmarks.
+"""A fake Gemini API speaking the REST wire format of docs/gemini.md section 3, for tests and benchmarks.
 
 It answers ``POST /{v1|v1beta}/models/{model}:generateContent`` as Google does
 (camelCase JSON, Google-style error bodies with ``RetryInfo``), checks the

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from django.db import connection
 
-from whatsapp.providers.neonize import postgres_url
+from whatsapp.providers.store import postgres_url
 
 ROOT = Path(__file__).resolve().parent.parent
 LOG_DIR = ROOT / "test-artifacts" / "logs"

@@ -11,8 +11,8 @@ import pytest
 from django.utils import timezone
 
 from botplatform import logs
+from tests.hosting import paired
 from tests.processes import start_pool, wait_until
-from tests.whatsapp.test_pool import paired
 from whatsapp.models import Session, SimulatorInbound
 
 

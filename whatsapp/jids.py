@@ -1,4 +1,4 @@
-"""Phone numbers and JIDs as the API takes them (DESIGN.md section 6).
+"""Phone numbers and JIDs as the API takes them (docs/api.md).
 
 ``to``, ``from`` and ``phone`` take digits (an optional leading ``+``) or a JID.
 Numbers are never rewritten: no country codes guessed, no digits dropped.

@@ -58,7 +58,7 @@ class Session(models.Model):
         return f"{self.bot_id}: {self.status}"
 
     def status_payload(self) -> dict:
-        """The status object of the JSON API (DESIGN.md section 6)."""
+        """The status object of the JSON API (docs/api.md)."""
         payload: dict = {"status": self.status}
         if self.status == Status.QR_REQUIRED:
             if self.qr_code:
@@ -100,7 +100,7 @@ class SessionEvent(models.Model):
 
 
 class ConnectRequest(models.Model):
-    """One connect request, kept for the rate limits of DESIGN.md section 5."""
+    """One connect request, kept for the rate limits (docs/invariants.md, connection lifecycle)."""
 
     bot = models.ForeignKey("bots.Bot", models.CASCADE, related_name="connect_requests")
     user = models.ForeignKey("auth.User", models.CASCADE, related_name="connect_requests")
@@ -116,7 +116,7 @@ class ConnectRequest(models.Model):
         return f"{self.bot_id} at {self.created_at}"
 
 
-# --- The simulator (DESIGN.md section 7): WhatsApp's servers and the phone, in the database ---
+# --- The simulator (docs/simulator.md): WhatsApp's servers and the phone, in the database ---
 
 
 class SimulatorDevice(models.Model):

@@ -1,16 +1,13 @@
 /*
  * The operator pages' behaviour on top of htmx (no build step):
- * - live updates over htmx's WebSocket extension, resumed from what the page shows, and polling every
- *   2 s while the WebSocket cannot connect;
+ * - the WebSocket of htmx's extension opened with the page's cursor, and, while it cannot connect,
+ *   htmx's own polling every 2 s in its place;
  * - out-of-band swaps that never take the connection state back to an older version, nor show an item twice;
  * - the QR countdown, times in the reader's time zone, focus kept for keyboard and screen reader users.
  */
 (function () {
   "use strict";
 
-  var POLL_MS = 2000;
-  var poller = null;
-  var polling = false;
   var stopped = false;
   var refocus = null;
 
@@ -54,26 +51,26 @@
     if (label) el.textContent = label;
   }
 
-  function poll() {
-    var root = document.getElementById("live");
-    if (!root || polling) return;
-    polling = true;
-    var done = function () { polling = false; };
-    htmx.ajax("GET", withCursor(root.dataset.livePoll), { source: root, target: root, swap: "none" }).then(done, done);
-  }
-
+  // Polling is htmx's own: an element that asks every 2 s (and at once when this page queued something,
+  // live:changed), sending the cursor's inputs. It exists only while the WebSocket is down.
   function startPolling() {
-    if (stopped || poller !== null) return;
+    var root = document.getElementById("live");
+    if (stopped || !root || document.getElementById("live-poll")) return;
     setMode("polling");
-    poll();
-    poller = window.setInterval(poll, POLL_MS);
+    var poller = document.createElement("div");
+    poller.id = "live-poll";
+    poller.hidden = true;
+    poller.setAttribute("hx-get", root.dataset.livePoll);
+    poller.setAttribute("hx-trigger", "load, every 2s, live:changed from:body");
+    poller.setAttribute("hx-include", "#live-cursor input, #messages [data-pending] > input");
+    poller.setAttribute("hx-swap", "none");
+    root.appendChild(poller);
+    htmx.process(poller);
   }
 
   function stopPolling() {
-    if (poller !== null) {
-      window.clearInterval(poller);
-      poller = null;
-    }
+    var poller = document.getElementById("live-poll");
+    if (poller) poller.remove();
   }
 
   document.addEventListener("htmx:wsOpen", function () {
@@ -92,10 +89,6 @@
     startPolling();
   });
   document.addEventListener("htmx:wsError", startPolling);
-  // Something changed on the server just now (a message was queued): without a WebSocket, look at once.
-  document.addEventListener("live:changed", function () {
-    if (poller !== null) poll();
-  });
 
   // --- Out-of-band swaps --------------------------------------------------------------------------
 

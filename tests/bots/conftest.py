@@ -1,4 +1,4 @@
-"""The fake Gemini server for the reply tests, and the in-process shards of tests/whatsapp/test_pool.py."""
+"""The fake Gemini server for the reply tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 
 from bots import gemini
 from tests.fake_gemini import FakeGemini
-from tests.whatsapp.test_pool import shards  # noqa: F401  (the fixture: shards hosting simulator bots)
 
 
 @pytest.fixture

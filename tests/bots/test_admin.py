@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from bots.models import ApiToken, Bot
-from tests.conftest import make_bot, make_message
+from tests.helpers import make_bot, make_message
 from whatsapp.models import ConnectRequest, Session, SessionEvent, Status
 
 

@@ -17,7 +17,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from bots.models import ApiToken, Bot
-from tests.conftest import ApiClient, assert_error, assert_invalid, error_of, make_bot
+from tests.helpers import ApiClient, assert_error, assert_invalid, error_of, make_bot
 from whatsapp.models import Session
 
 BOT_KEYS = {

@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 
 from bots.models import ApiToken
-from tests.conftest import make_bot, make_user
+from tests.helpers import make_bot, make_user
 
 
 def run(command: str, *args: str) -> tuple[str, str]:

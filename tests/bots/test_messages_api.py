@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from bots.models import Direction, Message, MessageStatus
 from tests.bots.test_api import RFC3339_UTC, assert_error, assert_invalid
-from tests.conftest import make_bot
+from tests.helpers import make_bot
 from whatsapp.models import Session
 
 pytestmark = pytest.mark.django_db

@@ -12,7 +12,7 @@ from django.test import Client, override_settings
 from django.utils import timezone
 
 from bots.models import Bot, Message
-from tests.conftest import make_bot, make_message, make_user
+from tests.helpers import make_bot, make_message, make_user
 from whatsapp import state
 from whatsapp.models import ConnectRequest, Session, SessionEvent, Status
 
@@ -178,7 +178,7 @@ def test_it_serves_the_vendored_htmx_and_its_websocket_extension(db):
         assert b"htmx" in b"".join(response.streaming_content)
 
 
-def test_it_polls_the_badges_of_the_users_own_bots(alice, bob):
+def test_it_polls_the_list_of_the_users_own_bots(alice, bob):
     mine = make_bot(alice, name="Mine")
     theirs = make_bot(bob, name="Theirs")
     set_status(mine, "connecting", Status.CONNECTING)
@@ -187,9 +187,11 @@ def test_it_polls_the_badges_of_the_users_own_bots(alice, bob):
 
     page = response.content.decode()
     assert response.status_code == 200
-    assert f'<span id="status-{mine.pk}" class="badge status-connecting" data-seq="1" hx-swap-oob="true">' in page
-    assert str(theirs.pk) not in page
-    assert logged_in(make_user("carol")).get("/bots/live").status_code == 204
+    assert '<div id="bot-list" hx-swap-oob="true">' in page
+    assert f'<span id="status-{mine.pk}" class="badge status-connecting" data-seq="1">' in page and "Mine" in page
+    assert str(theirs.pk) not in page and "Theirs" not in page
+    empty = logged_in(make_user("carol")).get("/bots/live").content.decode()
+    assert "You have no bots yet" in empty, "a user with no bots polls the empty list"
 
 
 def test_it_walks_through_the_wizard_and_lands_on_the_pairing_panel(alice):

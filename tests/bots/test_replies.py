@@ -12,7 +12,7 @@ from bots import replies
 from bots.gemini import Answer
 from bots.models import TEXT_LIMIT, Bot, Direction, Message, MessageStatus, MessageType
 from bots.replies import ASK, CANNED, FAIL, IGNORE, Work
-from tests.conftest import make_bot
+from tests.helpers import make_bot
 from whatsapp.models import Session, SimulatorSent
 from whatsapp.providers.simulator import _send
 from whatsapp.state import Fenced

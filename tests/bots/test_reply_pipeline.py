@@ -18,14 +18,14 @@ from django.utils import timezone
 
 from bots.models import Bot, Direction, Message, MessageStatus
 from tests.fake_gemini import error, held, prompt_blocked, slow
-from tests.whatsapp.test_pool import has_status, orm, paired, step_until
+from tests.hosting import has_status, orm, paired, step_until
 from whatsapp.models import Session, SimulatorInbound, SimulatorSent, Status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
 CUSTOMER = "5511911112222@s.whatsapp.net"
 GROUP = "120363025246125888@g.us"
-BOT_NUMBER = "5511987654321"  # the phone of tests.whatsapp.test_pool.paired
+BOT_NUMBER = "5511987654321"  # the phone of tests.hosting.paired
 
 
 def pending(bot: Bot, text: str, *, sender: str = CUSTOMER, wa_id: str | None = None, **fields) -> SimulatorInbound:

@@ -17,8 +17,8 @@ from django.utils import timezone
 
 from bots.models import Direction, Message, MessageStatus
 from tests.fake_gemini import FakeGemini, held
+from tests.hosting import paired
 from tests.processes import pid_of, start_pool, wait_until
-from tests.whatsapp.test_pool import paired
 from whatsapp.models import Session, SimulatorInbound, SimulatorSent
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]

@@ -1,4 +1,4 @@
-"""Browser tests: Playwright for Python driving Debian's Chromium (notes/browser-tests.md), no browser download.
+"""Browser tests: Playwright for Python driving Debian's Chromium (README, Tests), no browser download.
 
 They need /usr/bin/chromium (`apt-get install chromium`) and Playwright (requirements-dev.txt).
 Without them the tests skip with the reason, except in CI (CI=true), where a missing browser is a failure.

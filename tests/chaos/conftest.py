@@ -11,7 +11,6 @@ from django.db import connection
 
 from tests.chaos.services import PrivateCluster, PrivateRedis
 from tests.fake_gemini import FakeGemini
-from tests.whatsapp.test_pool import shards  # noqa: F401  (the fixture: in-process shards hosting simulator bots)
 
 
 class Stoppable(Protocol):

@@ -24,8 +24,8 @@ from tests.chaos.people import (
     write_many,
 )
 from tests.fake_gemini import FakeGemini, error
+from tests.hosting import paired
 from tests.processes import Proc, start_pool, wait_until
-from tests.whatsapp.test_pool import paired
 from whatsapp.models import Session, SimulatorInbound
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]

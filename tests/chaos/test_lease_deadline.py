@@ -13,8 +13,8 @@ import time
 import pytest
 from django.db import OperationalError
 
-from tests.whatsapp.test_pool import connected, session_row, step_until
-from whatsapp import leases
+from pool import leases
+from tests.hosting import connected, session_row, step_until
 from whatsapp.models import Status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]

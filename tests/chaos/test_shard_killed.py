@@ -28,8 +28,8 @@ from tests.chaos.people import (
     write,
     write_many,
 )
+from tests.hosting import paired
 from tests.processes import Proc, pid_of, start_pool, wait_until
-from tests.whatsapp.test_pool import paired
 from whatsapp.models import Session, SessionEvent, SimulatorInbound, SimulatorSent
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]

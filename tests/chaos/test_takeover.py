@@ -15,7 +15,7 @@ import contextlib
 import pytest
 from django.utils import timezone
 
-from tests.whatsapp.test_pool import POLL, STEP_TIMEOUT, has_status, orm, paired, session_row, step_until
+from tests.hosting import POLL, STEP_TIMEOUT, has_status, orm, paired, session_row, step_until
 from whatsapp.models import SessionEvent, SimulatorDevice, Status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]

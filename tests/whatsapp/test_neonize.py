@@ -22,13 +22,15 @@ import pytest
 from django.db import connection
 
 from bots.models import Message, MessageStatus
-from tests.conftest import make_bot
+from tests.helpers import make_bot
+from tests.hosting import orm, step_until
 from tests.processes import pid_of, start_pool, wait_until
 from tests.whatsapp.live import decode_qr
-from tests.whatsapp.test_pool import orm, shards, step_until  # noqa: F401 - the shards fixture
 from whatsapp.models import Session, SessionEvent, Status
-from whatsapp.providers.neonize import Handlers, NeonizeProvider, inbound_from, store_dsn, with_sslmode
-from whatsapp.qr import png_data_url
+from whatsapp.providers.base import Client, Provider
+from whatsapp.providers.neonize import Handlers, NeonizeProvider, inbound_from
+from whatsapp.providers.store import store_dsn, with_sslmode
+from whatsapp.state import qr_image as png_data_url
 
 neonize_events = pytest.importorskip("neonize.events")
 from neonize.proto import Neonize_pb2 as proto  # noqa: E402
@@ -63,19 +65,8 @@ def text_event(text: str, *, from_me: bool = False, wa_id: str = "3EB0AAA", grou
     return neonize_events.MessageEv(Info=info, Message=message)
 
 
-class HandlersOnly:
-    """A provider whose clients never dial: the test feeds the shard neonize's events itself."""
-
-    name = "neonize"
-
-    async def open(self):
-        pass
-
-    async def close(self):
-        pass
-
-    def client(self, device, events):
-        return self
+class HandlersOnlyClient(Client):
+    """A client that never dials: the test feeds the shard neonize's events itself."""
 
     async def start(self):
         pass
@@ -85,6 +76,16 @@ class HandlersOnly:
 
     async def logout(self):
         pass
+
+
+class HandlersOnly(Provider):
+    """The neonize provider's contract (one client per number), with clients that never dial."""
+
+    name = "neonize"
+    one_client_per_number = True
+
+    def client(self, device, events):
+        return HandlersOnlyClient(device, events)
 
 
 def test_it_turns_neonize_events_into_provider_events():
@@ -139,7 +140,7 @@ def test_it_reads_text_messages_and_marks_own_ones():
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_the_shard_stores_what_neonize_reports(shards, alice):  # noqa: F811
+async def test_the_shard_stores_what_neonize_reports(shards, alice):
     shard = await shards(providers={"neonize": HandlersOnly()})
     bot = await orm(make_bot, alice, whatsapp_provider="neonize")
     await orm(Session.objects.filter(pk=bot.pk).update, desired_connected=True, status=Status.CONNECTING)
@@ -309,7 +310,7 @@ def test_importing_the_provider_does_not_load_neonize_in_the_web():
 
     code = (
         "import os, sys, django; os.environ['DJANGO_SETTINGS_MODULE']='tests.settings'; django.setup();"
-        "import botplatform.urls, whatsapp.pool, whatsapp.providers.neonize;"
+        "import botplatform.urls, pool.shard, whatsapp.providers.neonize;"
         "print('neonize' in sys.modules)"
     )
     done = subprocess.run(
@@ -339,7 +340,7 @@ def test_it_asks_for_the_pairing_code_from_the_first_qr():
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_two_bots_of_one_number_never_share_a_shard(shards, alice):  # noqa: F811
+async def test_two_bots_of_one_number_never_share_a_shard(shards, alice):
     shard = await shards(providers={"neonize": HandlersOnly()})
     first = await orm(make_bot, alice, whatsapp_provider="neonize")
     second = await orm(make_bot, alice, whatsapp_provider="neonize")
@@ -354,7 +355,7 @@ async def test_two_bots_of_one_number_never_share_a_shard(shards, alice):  # noq
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_pairing_a_number_that_another_bot_uses_is_refused(shards, alice):  # noqa: F811
+async def test_pairing_a_number_that_another_bot_uses_is_refused(shards, alice):
     shard = await shards(providers={"neonize": HandlersOnly()})
     linked = await orm(make_bot, alice, whatsapp_provider="neonize")
     await orm(Session.objects.filter(pk=linked.pk).update, phone=PHONE, jid=f"{PHONE}:3@s.whatsapp.net")

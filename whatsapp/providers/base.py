@@ -1,17 +1,24 @@
-"""The interface between a shard and a WhatsApp implementation (simulator or neonize).
+"""The contract between a shard and a WhatsApp implementation (the simulator, neonize).
 
-A provider makes clients; a client connects one bot. Clients report what
-happens through an ``Events`` object that only enqueues (invariant 5): the
-shard does the database work on its own workers.
+A :class:`Provider` makes a :class:`Client` per bot; a client connects one bot.
+Clients report what happens through an :class:`Events` object that only
+enqueues (docs/invariants.md, 5): the shard does the database work on its own
+threads. Everything the pool uses of a provider is declared here, with a
+default where one makes sense, so a new provider knows what to implement.
 """
 
 from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+# How a provider reaches the database: the shard's DB threads (``await db(fn, *args)``).
+Db = Callable[..., Awaitable[Any]]
+# What a send runs as its record of having sent: ``commit(wa_id)``.
+Commit = Callable[[str], None]
 
 
 class NotConnected(ConnectionError):
@@ -45,7 +52,7 @@ class Device:
 
 
 class Events(Protocol):
-    """Callbacks a client calls from any thread; implementations only enqueue."""
+    """Callbacks a client calls from any thread; the shard's implementation only enqueues."""
 
     def qr(self, bot_id: uuid.UUID, payload: str, expires_in: float, pairing_code: str = "") -> None: ...
 
@@ -62,35 +69,74 @@ class Events(Protocol):
     def message(self, bot_id: uuid.UUID, message: Inbound, ack: object = None) -> None: ...
 
 
-class Client(Protocol):
-    bot_id: uuid.UUID
+class Client:
+    """One bot's connection. Made by its provider; started, stopped and used by the shard hosting the bot."""
+
+    def __init__(self, device: Device, events: Events) -> None:
+        self.bot_id = device.bot_id
+        self.device = device
+        self.events = events
 
     async def start(self) -> None:
-        """Begin connecting: resume the stored device, or show QR codes for a new one."""
+        """Begin connecting: resume the stored device, or show QR codes for a new one.
+
+        Returns once the attempt is under way; what follows arrives through ``events``.
+        An exception means the attempt failed at once (the shard backs off and retries).
+        """
+        raise NotImplementedError
 
     async def stop(self) -> None:
         """Close the connection and forget the client; the stored device stays."""
+        raise NotImplementedError
 
     async def logout(self) -> None:
         """Unlink the device on the server and delete its stored state."""
+        raise NotImplementedError
 
-    async def send_text(self, to: str, text: str, commit: Callable[[str], None] | None = None) -> str:
+    async def send_text(self, to: str, text: str, commit: Commit | None = None) -> str:
         """Send a text message; returns its WhatsApp id.
 
         ``commit(wa_id)`` records the send: a provider with ``atomic_send`` runs it in
         the same transaction as the send itself (an exception undoes both); others run
-        it right after. Raises ``NotConnected`` when nothing was sent.
+        it right after. Raises :class:`NotConnected` when nothing was sent.
         """
+        raise NotImplementedError
 
 
-class Provider(Protocol):
-    name: str
-    # Whether a send and its commit callback are one transaction (the simulator's are).
-    atomic_send: bool
+class Provider:
+    """A WhatsApp implementation: one per shard process, making the clients of its bots."""
+
+    name = ""
+    # Whether a send and its commit callback are one transaction (the simulator's are):
+    # then a send interrupted by a crash is sent again, never twice.
+    atomic_send = False
+    # Whether the implementation keys its clients by phone number, so that two bots
+    # linked to one number must never be hosted by one process (neonize does).
+    one_client_per_number = False
+
+    def capacity(self) -> int | None:
+        """How many bots of this provider one shard hosts at most; None: the shard's own capacity."""
+        return None
 
     async def open(self) -> None:
         """Prepare shared resources (store schema, polling task) before any client starts."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release them, after every client stopped."""
 
-    def client(self, device: Device, events: Events) -> Client: ...
+    def client(self, device: Device, events: Events) -> Client:
+        raise NotImplementedError
+
+    def wake(self) -> None:
+        """Work may be waiting for this provider's clients now (a nudge): look before the next poll."""
+
+    def recycle_reason(self) -> str:
+        """Why the shard should hand its bots over and be replaced by a fresh process ("" for no reason)."""
+        return ""
+
+    def acknowledger(self, acks: list[Any]) -> Callable[[], None] | None:
+        """What the shard runs in the transaction that stores the inbound messages these ``acks`` came with."""
+        return None
+
+    def delivered(self, bot_id: uuid.UUID, ack: Any) -> None:
+        """The shard stored the inbound message ``ack`` came with, or gave up on it."""

@@ -1,7 +1,7 @@
 """The real WhatsApp provider: neonize 0.5.2 (whatsmeow in Go, loaded in-process).
 
-Everything here is shaped by ../shared/notes/neonize.md, which lists the ways
-the library aborts a whole process or leaks:
+Everything here is shaped by docs/neonize.md, which lists the ways the
+library aborts a whole process or leaks:
 
 - neonize is imported lazily, only in shard processes, never before a fork;
   its Go log level is set before any client connects;
@@ -19,151 +19,27 @@ the library aborts a whole process or leaks:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime
-import fcntl
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 
-from whatsapp.providers.base import Device, Events, Inbound, NotConnected
+from whatsapp.providers.base import Client, Commit, Db, Device, Events, Inbound, NotConnected, Provider
+from whatsapp.providers.store import delete_device, migrate_store, store_dsn, store_has_device
 
 logger = logging.getLogger(__name__)
 
 FIRST_QR_SECONDS = 60.0
 NEXT_QR_SECONDS = 20.0
 DIAL_SLOT_SECONDS = 65.0  # whatsmeow's dial deadline is 60 s
-LOOPBACK = {"localhost", "127.0.0.1", "::1", ""}
-ADVISORY_LOCK_KEY = 0x5741_0001  # "WA" + 1: the whatsmeow schema migration
-
-
-class StoreUnavailable(Exception):
-    pass
-
-
-# --- The store: where whatsmeow keeps auth state ---------------------------------
-
-
-def store_dsn() -> str:
-    """The whatsmeow store for this process, derived when the shard starts.
-
-    ``WHATSAPP_STORE_URL`` wins; otherwise the main database: PostgreSQL (its
-    ``whatsmeow_*`` tables beside Django's), or for SQLite a file of its own
-    next to the main one. Derived from the live connection settings, so tests
-    get the test database.
-    """
-    url = settings.WHATSAPP_STORE_URL
-    if url:
-        if url.startswith(("postgres://", "postgresql://")):
-            return with_sslmode(url)
-        # A plain absolute path: whatsmeow builds "file:<path>?_foreign_keys=on" itself.
-        return "/" + url.removeprefix("sqlite:").removeprefix("file:").lstrip("/")
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        main = Path(db["NAME"])
-        return str(main.with_name(main.stem + ".whatsmeow.sqlite3"))
-    return with_sslmode(postgres_url(db))
-
-
-def postgres_url(db: dict) -> str:
-    """A ``postgres://`` URL for a Django PostgreSQL connection's settings (its sslmode kept)."""
-    user = quote(db.get("USER") or "postgres", safe="")
-    password = f":{quote(db['PASSWORD'], safe='')}" if db.get("PASSWORD") else ""
-    host = db.get("HOST") or "127.0.0.1"
-    port = db.get("PORT") or 5432
-    sslmode = (db.get("OPTIONS") or {}).get("sslmode")
-    query = f"?{urlencode({'sslmode': sslmode})}" if sslmode else ""
-    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}{query}"
-
-
-def with_sslmode(url: str) -> str:
-    """Keep the URL's sslmode; lib/pq defaults to require, so loopback gets disable."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    if "sslmode" not in query and (parts.hostname or "") in LOOPBACK:
-        query["sslmode"] = "disable"
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def _pg_connect(dsn: str):
-    import psycopg
-
-    return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
-
-
-def store_has_device(dsn: str, jid: str) -> bool:
-    """Is this device row in whatsmeow's store? (A client built for a missing one aborts the process.)"""
-    if dsn.startswith("postgres"):
-        with _pg_connect(dsn) as conn:
-            row = conn.execute(
-                "SELECT 1 FROM information_schema.tables WHERE table_name = 'whatsmeow_device'"
-            ).fetchone()
-            return bool(row) and bool(conn.execute("SELECT 1 FROM whatsmeow_device WHERE jid = %s", [jid]).fetchone())
-    import sqlite3
-
-    if not Path(dsn).exists():
-        return False
-    with contextlib.closing(sqlite3.connect(dsn, timeout=20)) as conn:
-        try:
-            return bool(conn.execute("SELECT 1 FROM whatsmeow_device WHERE jid = ?", [jid]).fetchone())
-        except sqlite3.OperationalError:
-            return False
-
-
-def delete_device(dsn: str, jid: str) -> None:
-    """Forget a device without a connection (a logout of a bot that is offline)."""
-    if dsn.startswith("postgres"):
-        with _pg_connect(dsn) as conn:
-            with contextlib.suppress(Exception):
-                conn.execute("DELETE FROM whatsmeow_device WHERE jid = %s", [jid])
-        return
-    import sqlite3
-
-    if Path(dsn).exists():
-        with contextlib.closing(sqlite3.connect(dsn, timeout=20)) as conn:
-            with contextlib.suppress(sqlite3.OperationalError):
-                conn.execute("DELETE FROM whatsmeow_device WHERE jid = ?", [jid])
-                conn.commit()
-
-
-@contextlib.contextmanager
-def migration_lock(dsn: str):
-    """One migration at a time across shards and hosts: an advisory lock, or a file lock."""
-    if dsn.startswith("postgres"):
-        with _pg_connect(dsn) as conn:
-            conn.execute("SELECT pg_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
-            try:
-                yield
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK_KEY])
-        return
-    Path(dsn).parent.mkdir(parents=True, exist_ok=True)
-    with open(dsn + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def migrate_store(dsn: str) -> None:
-    """Create or upgrade whatsmeow's schema once, before any client connects."""
-    from neonize.client import ClientFactory
-
-    with migration_lock(dsn):
-        try:
-            ClientFactory.get_all_devices_from_db(dsn)
-        except ValueError:
-            # Listing the devices can fail on a push name with a comma; the schema is migrated by then.
-            pass
 
 
 def jid_from_string(value: str):
@@ -335,12 +211,10 @@ class Handlers:
 # --- Clients and the provider -------------------------------------------------------
 
 
-class NeonizeClient:
+class NeonizeClient(Client):
     def __init__(self, provider: NeonizeProvider, device: Device, events: Events) -> None:
+        super().__init__(device, events)
         self.provider = provider
-        self.bot_id = device.bot_id
-        self.device = device
-        self.events = events
         self.client = None
         self.thread: threading.Thread | None = None
         self.stopping = False
@@ -405,7 +279,7 @@ class NeonizeClient:
         if self.device.jid:
             await self.provider.run(delete_device, self.provider.dsn, self.device.jid)
 
-    async def send_text(self, to: str, text: str, commit: Callable[[str], None] | None = None) -> str:
+    async def send_text(self, to: str, text: str, commit: Commit | None = None) -> str:
         from neonize.utils.jid import build_jid
 
         if self.client is None:
@@ -417,17 +291,19 @@ class NeonizeClient:
         return response.ID
 
 
-def _commit(commit: Callable[[str], None], wa_id: str) -> None:
+def _commit(commit: Commit, wa_id: str) -> None:
     with transaction.atomic():
         commit(wa_id)
 
 
-class NeonizeProvider:
+class NeonizeProvider(Provider):
     name = "neonize"
     # neonize sends with an id of its own choosing: the send and its record cannot be one transaction.
     atomic_send = False
+    # A resumed client's key in goneonize is its phone number: two clients of one number overwrite each other.
+    one_client_per_number = True
 
-    def __init__(self, db, *, max_dials: int = 2, recycle_after: int = 50, stagger: float = 0.25) -> None:
+    def __init__(self, db: Db, *, max_dials: int = 2, recycle_after: int = 50, stagger: float = 0.25) -> None:
         self.db = db
         self.stagger = stagger
         self._last_dial = 0.0
@@ -441,11 +317,12 @@ class NeonizeProvider:
         self._dialing: set[int] = set()
         self._dial_lock = threading.Lock()
         self._lifecycle = threading.Lock()
-        self._executor = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def capacity(self) -> int:
+        return settings.WHATSAPP_NEONIZE_CAPACITY
 
     async def open(self) -> None:
-        import concurrent.futures
-
         self._executor = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="neonize")
         try:
             self.dsn = await self.db(store_dsn)
@@ -513,13 +390,15 @@ class NeonizeProvider:
             self._dialing.discard(id(client))
         self._dials.release()
 
-    def should_recycle(self) -> bool:
+    def recycle_reason(self) -> str:
         """Past a number of ended connect attempts, their leaked store pools call for a fresh process.
 
         Live sessions use their pools; only the pools of stopped or failed attempts
         count, so a shard can host more bots than the threshold.
         """
-        return self.leaked >= self.recycle_after
+        if self.leaked >= self.recycle_after:
+            return f"{self.leaked} ended neonize connect attempts"
+        return ""
 
 
-__all__ = ["NeonizeProvider", "inbound_from", "store_dsn"]
+__all__ = ["NeonizeProvider", "inbound_from"]

@@ -17,14 +17,13 @@ import os
 import random
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 from django.db import transaction
 from django.utils import timezone
 
 from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent
-from whatsapp.providers.base import Device, Events, Inbound, NotConnected
+from whatsapp.providers.base import Client, Commit, Db, Device, Events, Inbound, NotConnected, Provider
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +33,6 @@ HEARTBEAT_SECONDS = 2.0
 # A connection seen this recently is alive: a second one for the same device is a stream replaced.
 LIVE_WINDOW_SECONDS = 6.0
 PAIRING_ALPHABET = "ABCDEFGHJKLMNPQRSTVWXYZ0123456789"
-
-Db = Callable[..., Awaitable[Any]]
 
 
 def qr_payload(keys: tuple[str, str, str]) -> str:
@@ -137,7 +134,7 @@ def mark_delivered(inbound_ids: list[int]) -> None:
     SimulatorInbound.objects.filter(pk__in=inbound_ids, delivered_at__isnull=True).update(delivered_at=timezone.now())
 
 
-def _send(bot_id: uuid.UUID, to: str, text: str, commit: Callable[[str], None] | None) -> str:
+def _send(bot_id: uuid.UUID, to: str, text: str, commit: Commit | None) -> str:
     wa_id = new_message_id()
     with transaction.atomic():
         SimulatorSent.objects.create(bot_id=bot_id, wa_id=wa_id, to=to, text=text)
@@ -149,13 +146,12 @@ def _send(bot_id: uuid.UUID, to: str, text: str, commit: Callable[[str], None] |
 # --- Clients and the provider ----------------------------------------------------
 
 
-class SimulatorClient:
+class SimulatorClient(Client):
     def __init__(self, provider: SimulatorProvider, device: Device, events: Events) -> None:
+        super().__init__(device, events)
         self.provider = provider
-        self.bot_id = device.bot_id
         self.stored_jid = device.jid
         self.pairing_phone = device.pairing_phone
-        self.events = events
         self.connection_id = f"sim-{uuid.uuid4().hex}"
         self.keys = tuple(base64.b64encode(os.urandom(32)).decode() for _ in range(3))
         self.connected = False
@@ -233,7 +229,7 @@ class SimulatorClient:
         await self.stop()
         await self.provider.db(_forget_device, self.bot_id)
 
-    async def send_text(self, to: str, text: str, commit: Callable[[str], None] | None = None) -> str:
+    async def send_text(self, to: str, text: str, commit: Commit | None = None) -> str:
         if not self.connected:
             raise NotConnected("not connected")
         return await self.provider.db(_send, self.bot_id, to, text, commit)
@@ -276,7 +272,7 @@ class SimulatorClient:
             self.events.failed(self.bot_id, "stream_replaced")
 
 
-class SimulatorProvider:
+class SimulatorProvider(Provider):
     name = "simulator"
     # The simulated send and its commit callback are one transaction: it never doubles.
     atomic_send = True

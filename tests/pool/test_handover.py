@@ -7,9 +7,9 @@ import collections
 import pytest
 
 from bots.models import ApiToken
+from tests.hosting import wanting
 from tests.processes import start_pool, start_web, wait_until
 from tests.whatsapp.live import Frames, create_bot, open_events, pair
-from tests.whatsapp.test_pool import wanting
 from whatsapp.models import Session, SessionEvent, SimulatorDevice
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]

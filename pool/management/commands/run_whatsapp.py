@@ -1,14 +1,11 @@
-import logging
+from django.core.management.base import BaseCommand, CommandError
 
-from django.core.management.base import BaseCommand
-
-from whatsapp.pool import Supervisor, run_shard
-
-logger = logging.getLogger(__name__)
+from pool.shard import run_shard
+from pool.supervisor import Supervisor
 
 
 class Command(BaseCommand):
-    help = "Host the WhatsApp clients: a supervisor and N shard processes (DESIGN.md section 2)."
+    help = "Host the WhatsApp clients: a supervisor and N shard processes (docs/architecture.md, processes)."
 
     def add_arguments(self, parser):
         parser.add_argument("--shards", type=int, default=1, help="Shard processes to run (default 1).")
@@ -20,6 +17,5 @@ class Command(BaseCommand):
             run_shard(shard_id)
             return
         if shards < 1:
-            self.stderr.write("--shards must be at least 1")
-            raise SystemExit(2)
+            raise CommandError("--shards must be at least 1", returncode=2)
         Supervisor(shards).run()

@@ -14,8 +14,9 @@ from ninja import Status as Answer
 from pydantic import AfterValidator, ConfigDict
 
 from botplatform.api import ApiError, parse_body
-from bots.api import ERRORS, Error, WhatsappStatus, get_bot, json_body
-from whatsapp import control, jids, leases
+from bots import control
+from bots.api.base import ERRORS, Error, WhatsappStatus, get_bot, json_body
+from whatsapp import jids
 from whatsapp.models import Session, Status
 
 router = Router(tags=["whatsapp"])
@@ -51,7 +52,7 @@ def _connect(request: HttpRequest, bot_id: uuid.UUID, pairing: bool) -> tuple[di
         status = bot.session.status
         if pairing and status == Status.CONNECTED:
             raise ApiError(409, "already_connected", "This bot is connected already; log it out to pair another phone.")
-        if pairing and bot.whatsapp_provider == "neonize" and leases.phone_taken(bot.pk, phone):
+        if pairing and bot.whatsapp_provider == "neonize" and control.phone_in_use(bot.pk, phone):
             raise ApiError(409, "phone_in_use", "This number is already linked to another bot; unlink it there first.")
         if not pairing and status in (Status.QR_REQUIRED, Status.CONNECTED):
             return bot.session.status_payload(), ""

@@ -1,4 +1,4 @@
-"""The simulator's endpoints (DESIGN.md section 7): the phone and the network, driven over HTTP.
+"""The simulator's endpoints (docs/simulator.md): the phone and the network, driven over HTTP.
 
 They exist only while the simulator is enabled and only for simulator bots.
 The web only writes rows; the shard hosting the bot acts on them.
@@ -17,10 +17,10 @@ from ninja import Status as Answer
 from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from botplatform.api import ApiError, parse_body
-from bots.api import ERRORS, Error, get_bot, json_body
+from bots.api.base import ERRORS, Error, get_bot, json_body
+from bots.control import nudge_shards
 from bots.models import Bot, Provider
 from whatsapp import jids
-from whatsapp.control import nudge_shards
 from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent, Status, rfc3339
 from whatsapp.providers.simulator import new_message_id
 

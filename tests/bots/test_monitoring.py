@@ -9,8 +9,8 @@ from django.test import Client
 from django.utils import timezone
 
 from bots.models import Direction, Message, MessageStatus
-from tests.conftest import make_bot
-from whatsapp import leases
+from pool import leases
+from tests.helpers import make_bot
 from whatsapp.models import Session, ShardHeartbeat, Status
 
 pytestmark = pytest.mark.django_db

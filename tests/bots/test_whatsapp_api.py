@@ -29,7 +29,7 @@ from django.test import Client
 from django.utils import timezone
 
 from bots.models import Bot
-from tests.conftest import ApiClient, assert_error, assert_invalid, make_bot
+from tests.helpers import ApiClient, assert_error, assert_invalid, make_bot
 from whatsapp import jids, state
 from whatsapp.models import (
     ConnectRequest,
@@ -41,7 +41,7 @@ from whatsapp.models import (
     SimulatorSent,
     Status,
 )
-from whatsapp.qr import png_data_url
+from whatsapp.state import qr_image as png_data_url
 
 transactional = pytest.mark.django_db(transaction=True)
 
@@ -133,7 +133,7 @@ def wait(monkeypatch) -> Callable[[float], None]:
     """Sets how long connect-whatsapp and pair-phone wait for a QR or a code."""
 
     def set_wait(seconds: float) -> None:
-        monkeypatch.setattr("whatsapp.api.CONNECT_WAIT_SECONDS", seconds)
+        monkeypatch.setattr("bots.api.whatsapp.CONNECT_WAIT_SECONDS", seconds)
 
     set_wait(0.3)
     return set_wait

@@ -14,9 +14,11 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from bots import control
 from bots.models import Bot
-from tests.conftest import make_bot
-from whatsapp import control, leases, state
+from pool import leases
+from tests.helpers import make_bot
+from whatsapp import state
 from whatsapp.models import ConnectRequest, Session, SessionEvent, Status
 
 pytestmark = pytest.mark.django_db
@@ -224,7 +226,9 @@ def test_it_clears_the_qr_when_leaving_qr_required(alice):
     shown = state.record(
         bot.pk, "qr", Status.QR_REQUIRED, qr_code="data:image/png;base64,AAAA", qr_expires_at=expires, pairing_code="AB"
     )
-    assert SessionEvent.objects.get(session_id=bot.pk, version=shown.version).frame["qrCode"].endswith("AAAA")
+    logged = SessionEvent.objects.get(session_id=bot.pk, version=shown.version).frame
+    assert "qrCode" not in logged and logged["status"] == "qr_required", "the log keeps no image"
+    assert session_of(bot).qr_code.endswith("AAAA")
 
     state.record(bot.pk, "connected", Status.CONNECTED, jid="5511:2@s.whatsapp.net")
 
@@ -240,17 +244,13 @@ def test_it_refuses_a_write_from_a_shard_that_lost_the_lease(alice):
     state.record(bot.pk, "connecting", Status.CONNECTING, fence=("shard-a", epoch))
     Session.objects.filter(pk=bot.pk).update(lease_owner="shard-b", lease_epoch=F("lease_epoch") + 1)
     published = []
-
-    for fence in (("shard-a", epoch), ("shard-b", epoch)):
-        with pytest.raises(state.Fenced):
-            state.record(
-                bot.pk,
-                "connected",
-                Status.CONNECTED,
-                fence=fence,
-                jid="x@s.whatsapp.net",
-                publish=lambda *a: published.append(a),
-            )
+    state.publish_from_this_thread(lambda *sent: published.append(sent))
+    try:
+        for fence in (("shard-a", epoch), ("shard-b", epoch)):
+            with pytest.raises(state.Fenced):
+                state.record(bot.pk, "connected", Status.CONNECTED, fence=fence, jid="x@s.whatsapp.net")
+    finally:
+        state.publish_from_this_thread(None)
 
     session = session_of(bot)
     assert (session.version, session.status, session.jid) == (1, Status.CONNECTING, "")
@@ -265,24 +265,29 @@ def test_it_publishes_only_after_commit(alice):
     bot = make_bot(alice)
     published = []
 
-    def publish(bot_id, frame):
-        published.append((bot_id, frame["event"], frame["seq"]))
+    def publish(group, message):
+        if message["type"] == "session.frame":
+            published.append((group, message["frame"]["event"], message["frame"]["seq"]))
 
-    state.record(bot.pk, "connecting", Status.CONNECTING, publish=publish)
-    assert published == [(bot.pk, "connecting", 1)]
+    state.publish_from_this_thread(publish)
+    try:
+        state.record(bot.pk, "connecting", Status.CONNECTING)
+        assert published == [(state.events_group(bot.pk), "connecting", 1)]
 
-    with transaction.atomic():
-        state.record(bot.pk, "qr", Status.QR_REQUIRED, publish=publish)
-        assert len(published) == 1, "published before commit"
-    assert published[-1] == (bot.pk, "qr", 2)
+        with transaction.atomic():
+            state.record(bot.pk, "qr", Status.QR_REQUIRED)
+            assert len(published) == 1, "published before commit"
+        assert published[-1] == (state.events_group(bot.pk), "qr", 2)
 
-    class Rollback(Exception):
-        pass
+        class Rollback(Exception):
+            pass
 
-    with pytest.raises(Rollback), transaction.atomic():
-        state.record(bot.pk, "connected", Status.CONNECTED, publish=publish)
-        raise Rollback
-    assert len(published) == 2
+        with pytest.raises(Rollback), transaction.atomic():
+            state.record(bot.pk, "connected", Status.CONNECTED)
+            raise Rollback
+        assert len(published) == 2
+    finally:
+        state.publish_from_this_thread(None)
     assert session_of(bot).version == 2
     assert SessionEvent.objects.filter(session_id=bot.pk).count() == 2
 

@@ -1,141 +1,44 @@
-"""A shard driven through its step methods, in-process, with the simulator as WhatsApp.
+"""A shard driven through its step methods, in-process, with the simulator as WhatsApp (tests/hosting.py).
 
-The shard runs its ORM work on DB threads of its own, so these tests use a
-transactional database; they read the rows through ``sync_to_async`` as
-another process would. Real processes are tested in test_connection_flow.py.
+Real processes are tested in tests/whatsapp/test_connection_flow.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import gc
 from collections.abc import Callable
 
 import pytest
-from asgiref.sync import sync_to_async
-from django.db import connections
 from django.db.models import F
 from django.utils import timezone
 
+from bots import control
 from bots.models import Bot, Direction, Message
-from tests.conftest import make_bot
+from pool import connection, leases
+from pool import shard as pool_shard
+from pool.connection import Phase, backoff_delay
+from tests.helpers import make_bot
+from tests.hosting import (
+    STEP_TIMEOUT,
+    command,
+    connected,
+    ended,
+    events_of,
+    has_status,
+    hosts,
+    orm,
+    paired,
+    session_row,
+    step_until,
+    until,
+    wanting,
+)
 from tests.whatsapp.live import QR_PAYLOAD, decode_qr
-from whatsapp import control, pool
 from whatsapp.models import Session, SessionEvent, SimulatorCommand, SimulatorDevice, SimulatorInbound, Status
-from whatsapp.pool import Shard, backoff_delay
-from whatsapp.providers.base import Device, Events
-from whatsapp.providers.simulator import SimulatorProvider
+from whatsapp.providers.base import Client, Device, Events, Provider
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
-
-POLL = 0.05
-STEP_TIMEOUT = 10.0
-
-
-def orm(fn: Callable, *args, **kwargs):
-    return sync_to_async(fn)(*args, **kwargs)
-
-
-def session_row(bot: Bot) -> Session:
-    return Session.objects.get(pk=bot.pk)
-
-
-def wanting(owner, **session_fields) -> Bot:
-    """A simulator bot that wants to be connected (as after a connect request)."""
-    bot = make_bot(owner)
-    session_fields.setdefault("desired_connected", True)
-    session_fields.setdefault("status", Status.CONNECTING)
-    Session.objects.filter(pk=bot.pk).update(**session_fields)
-    return bot
-
-
-def paired(owner) -> Bot:
-    """A bot whose phone scanned its QR earlier: the device is stored, so it resumes without a QR."""
-    bot = wanting(owner, jid="5511987654321:7@s.whatsapp.net", phone="5511987654321")
-    SimulatorDevice.objects.create(bot=bot, jid="5511987654321:7@s.whatsapp.net", phone="5511987654321")
-    return bot
-
-
-def events_of(bot: Bot) -> list[tuple[str, str]]:
-    return list(SessionEvent.objects.filter(session_id=bot.pk).values_list("event", "status"))
-
-
-@pytest.fixture
-async def shards():
-    """Makes shards hosting simulator bots; stops the ones a test left running."""
-    made: list[Shard] = []
-
-    async def start(*, setup: bool = True, **kwargs) -> Shard:
-        shard = Shard(capacity=kwargs.pop("capacity", 10), poll_interval=POLL, **kwargs)
-        if not shard.providers:
-            shard.providers = {"simulator": SimulatorProvider(shard.db, poll_interval=POLL)}
-        if setup:
-            await shard.setup()
-        made.append(shard)
-        return shard
-
-    yield start
-    for shard in made:
-        if not shard.db_pool._shutdown:  # stop_all shuts it down; a second stop_all only logs
-            await shard.stop_all()
-        shard.db_pool.shutdown(wait=True)
-    # A shard process exits with its DB threads' connections open; here they must close, or
-    # PostgreSQL cannot drop the test database. Their threads are gone, their connections unreachable.
-    gc.collect()
-    await sync_to_async(connections.close_all)()
-
-
-async def step_until(shard: Shard, condition: Callable[[], bool], timeout: float = STEP_TIMEOUT) -> None:
-    """Step the shard (letting its tasks run between steps) until a DB condition holds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        await shard.step()
-        if await orm(condition):
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met in {timeout} s")
-        await asyncio.sleep(POLL / 2)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = STEP_TIMEOUT) -> None:
-    """Let the shard's own tasks (provider polling, event handling) run until the predicate holds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met in {timeout} s")
-        await asyncio.sleep(POLL / 2)
-
-
-def command(bot: Bot, kind: SimulatorCommand.Kind, **data) -> SimulatorCommand:
-    """What the simulator endpoints write for the hosting shard to act on."""
-    return SimulatorCommand.objects.create(bot=bot, kind=kind, data=data)
-
-
-def has_status(bot: Bot, status: Status) -> Callable[[], bool]:
-    return lambda: session_row(bot).status == status
-
-
-def ended(bot: Bot, status: Status) -> Callable[[], bool]:
-    """The shard wrote the status and let the lease go (its last write)."""
-
-    def check() -> bool:
-        session = session_row(bot)
-        return session.status == status and session.lease_owner == ""
-
-    return check
-
-
-def hosts(shard: Shard, count: int) -> Callable[[], bool]:
-    return lambda: Session.objects.filter(lease_owner=shard.shard_id).count() == count
-
-
-async def connected(shards, owner) -> tuple[Shard, Bot]:
-    shard = await shards()
-    bot = await orm(paired, owner)
-    await step_until(shard, has_status(bot, Status.CONNECTED))
-    return shard, bot
-
 
 # --- pairing, shutdown, resuming -------------------------------------------------------
 
@@ -208,24 +111,24 @@ async def test_it_stops_cleanly_and_another_shard_resumes_without_a_qr(shards, a
 
 async def test_it_claims_a_backlog_in_batches_and_connects_every_bot(shards, alice, monkeypatch):
     """A restart with thousands of bots waiting: claims go a batch per pass, so leases are renewed in between."""
-    monkeypatch.setattr(pool, "CLAIM_BATCH", 2)
+    monkeypatch.setattr(pool_shard, "CLAIM_BATCH", 2)
     bots = [await orm(paired, alice) for _ in range(5)]
-    shard = await shards()
+    host = await shards()
 
-    await shard.step()
-    assert len(shard.hosted) == 2, "one batch per pass"
-    assert shard.wakeup.is_set(), "the next pass follows at once"
+    more = await host.step()
+    assert len(host.hosted) == 2, "one batch per pass"
+    assert more, "the next pass follows at once"
 
     ids = [bot.pk for bot in bots]
-    await step_until(shard, lambda: Session.objects.filter(pk__in=ids, status=Status.CONNECTED).count() == 5)
+    await step_until(host, lambda: Session.objects.filter(pk__in=ids, status=Status.CONNECTED).count() == 5)
 
 
 async def test_shards_take_fair_shares_of_the_waiting_bots(shards, alice):
     """Placement by capacity: a shard twice the size of another ends up with twice the bots."""
     bots = [await orm(paired, alice) for _ in range(9)]
     big, small = await shards(capacity=20), await shards(capacity=10)
-    for shard in (big, small):
-        await orm(pool.leases.beat, shard.shard_id, "host", 1, shard.capacity, 0)
+    for each in (big, small):
+        await orm(leases.beat, each.shard_id, "host", 1, each.capacity, 0)
 
     await small.step()  # the first to look takes only its share
     await big.step()
@@ -240,13 +143,13 @@ async def test_a_bot_left_waiting_in_another_shards_share_is_taken_after_a_lease
     """The shard whose share it is never takes it (it may have no room for the bot's provider)."""
     bot = await orm(paired, alice)
     first, second = await shards(shard_id="shard-a", capacity=20), await shards(shard_id="shard-b", capacity=10)
-    for shard in (first, second):
-        await orm(pool.leases.beat, shard.shard_id, "host", 1, shard.capacity, 0)
+    for each in (first, second):
+        await orm(leases.beat, each.shard_id, "host", 1, each.capacity, 0)
 
     await second.step()
     assert bot.pk not in second.hosted, "shard-a's share (shard-a comes first)"
 
-    second.waiting_since[bot.pk] -= second.ttl  # a lease TTL later, still nobody took it
+    second.placement.waiting_since[bot.pk] -= second.ttl  # a lease TTL later, still nobody took it
     await step_until(second, has_status(bot, Status.CONNECTED))
     assert bot.pk in second.hosted
 
@@ -256,7 +159,7 @@ async def test_it_runs_until_asked_to_shut_down(shards, alice):
     bot = await orm(paired, alice)
     running = asyncio.create_task(shard.run())
     try:
-        await until(lambda: bot.pk in shard.hosted and shard.hosted[bot.pk].phase == "connected")
+        await until(lambda: bot.pk in shard.hosted and shard.hosted[bot.pk].phase is Phase.CONNECTED)
     finally:
         # What SIGTERM does.
         shard.request_shutdown()
@@ -327,7 +230,7 @@ async def test_it_logs_out_a_bot_deleted_while_no_shard_hosted_it(shards, alice)
 
 
 async def test_it_reconnects_without_a_qr_when_the_network_drops(shards, alice, monkeypatch):
-    monkeypatch.setattr(pool, "backoff_delay", lambda failures: 0.0)
+    monkeypatch.setattr(connection, "backoff_delay", lambda failures: 0.0)
     shard, bot = await connected(shards, alice)
 
     await orm(command, bot, SimulatorCommand.Kind.DROP)
@@ -460,9 +363,10 @@ async def test_it_stores_an_inbound_message_once(shards, alice):
 # --- failures and backoff -------------------------------------------------------------------
 
 
-class StubClient:
+class StubClient(Client):
     def __init__(self, provider: StubProvider, device: Device, events: Events) -> None:
-        self.provider, self.bot_id, self.events = provider, device.bot_id, events
+        super().__init__(device, events)
+        self.provider = provider
 
     async def start(self) -> None:
         self.provider.dials += 1
@@ -477,11 +381,11 @@ class StubClient:
     async def logout(self) -> None:
         pass
 
-    async def send_text(self, to: str, text: str) -> str:
+    async def send_text(self, to: str, text: str, commit=None) -> str:
         raise ConnectionError("not connected")
 
 
-class StubProvider:
+class StubProvider(Provider):
     """WhatsApp as seen from these machines, where its servers cannot be reached."""
 
     name = "neonize"
@@ -490,12 +394,6 @@ class StubProvider:
         self.dial_error = dial_error
         self.connects_while_stopping = connects_while_stopping
         self.dials = 0
-
-    async def open(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
     def client(self, device: Device, events: Events) -> StubClient:
         return StubClient(self, device, events)
@@ -508,7 +406,7 @@ async def test_it_retries_failed_dials_and_gives_up_after_eight(shards, alice, m
         delays.append(failures)
         return 0.0
 
-    monkeypatch.setattr(pool, "backoff_delay", no_delay)
+    monkeypatch.setattr(connection, "backoff_delay", no_delay)
     provider = StubProvider(dial_error=ConnectionError("network is unreachable"))
     shard = await shards(providers={"neonize": provider})
     bot = await orm(make_bot, alice, whatsapp_provider="neonize")
@@ -578,4 +476,4 @@ def test_it_backs_off_with_full_jitter_up_to_a_minute(failures, settings):
 
 
 def test_it_has_a_unique_shard_id_per_start():
-    assert pool.new_shard_id(0) != pool.new_shard_id(0)
+    assert pool_shard.new_shard_id(0) != pool_shard.new_shard_id(0)

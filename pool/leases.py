@@ -1,4 +1,4 @@
-"""Leases: exactly one host per bot (DESIGN.md invariant 3).
+"""Leases and placement: exactly one host per bot, each shard its fair share (docs/invariants.md, 3).
 
 Plain sync ORM functions, run on a shard's DB threads and called directly by
 tests. Times come from the database clock (``Now()``), never the host's.
@@ -7,13 +7,15 @@ tests. Times come from the database clock (``Now()``), never the host's.
 from __future__ import annotations
 
 import datetime
+import math
+import time
 import uuid
 
 from django.db.models import Count, DateTimeField, ExpressionWrapper, F, Q
 from django.db.models.functions import Now
 
 from bots.models import Bot
-from whatsapp.models import Session
+from whatsapp.models import Session, ShardHeartbeat
 
 
 def _expires(ttl: float) -> ExpressionWrapper:
@@ -92,36 +94,19 @@ def hosted_rows(bot_ids: list[uuid.UUID]) -> list[dict]:
     )
 
 
-def provider_of(bot_id: uuid.UUID) -> str:
-    return Bot.objects.filter(pk=bot_id).values_list("whatsapp_provider", flat=True).get()
-
-
-def phone_of(bot_id: uuid.UUID) -> str:
-    """The phone number a bot is linked to ('' before pairing)."""
-    return Session.objects.filter(pk=bot_id).values_list("phone", flat=True).get()
-
-
-def phone_taken(bot_id: uuid.UUID, phone: str) -> bool:
-    """Another live neonize bot is linked to this number (neonize keys its clients by number)."""
-    return (
-        Session.objects.filter(phone=phone, bot__deleted_at__isnull=True, bot__whatsapp_provider="neonize")
-        .exclude(pk=bot_id)
-        .exists()
-    )
+def provider_and_phone(bot_id: uuid.UUID) -> tuple[str, str]:
+    """The bot's provider, and the number it is linked to ('' before pairing)."""
+    return Bot.objects.filter(pk=bot_id).values_list("whatsapp_provider", "session__phone").get()
 
 
 def beat(owner: str, host: str, pid: int, capacity: int, hosted: int) -> None:
     """Say this shard is alive and how much it holds (database clock)."""
-    from whatsapp.models import ShardHeartbeat
-
     ShardHeartbeat.objects.update_or_create(
         shard_id=owner, defaults={"host": host, "pid": pid, "capacity": capacity, "hosted": hosted, "seen_at": Now()}
     )
 
 
 def forget_shard(owner: str) -> None:
-    from whatsapp.models import ShardHeartbeat
-
     ShardHeartbeat.objects.filter(shard_id=owner).delete()
 
 
@@ -131,8 +116,6 @@ def shard_loads(ttl: float) -> dict[str, tuple[int, int]]:
     What a shard holds is counted from the leases themselves, not from its last heartbeat,
     so shards placing bots at the same moment see each other's claims at once.
     """
-    from whatsapp.models import ShardHeartbeat
-
     live = dict(
         ShardHeartbeat.objects.filter(seen_at__gte=Now() - datetime.timedelta(seconds=ttl)).values_list(
             "shard_id", "capacity"
@@ -145,3 +128,42 @@ def shard_loads(ttl: float) -> dict[str, tuple[int, int]]:
         .values_list("lease_owner", "n")
     )
     return {shard: (capacity, held.get(shard, 0)) for shard, capacity in live.items()}
+
+
+# --- Placement ------------------------------------------------------------------------
+
+
+def fair_slice(loads: dict[str, tuple[int, int]], me: str, waiting: list[uuid.UUID]) -> list[uuid.UUID]:
+    """Of the bots waiting, the part that brings shard ``me`` to its fair share.
+
+    Each live shard's fair share of all bots (held and waiting) is in proportion to
+    its capacity. Shards placing at the same moment compute the same shares over
+    the same waiting list and take disjoint slices of it, in the order of their ids.
+    """
+    if len(loads) == 1:
+        return waiting
+    capacity = sum(c for c, _ in loads.values())
+    bots = sum(h for _, h in loads.values()) + len(waiting)
+    fair = {shard: max(0, math.ceil(bots * c / capacity) - h) for shard, (c, h) in loads.items()}
+    order = sorted(loads)
+    start = sum(fair[shard] for shard in order[: order.index(me)])
+    return waiting[start : start + fair[me]]
+
+
+class Placement:
+    """Which of the waiting bots a shard takes: its fair slice, and any bot left waiting a whole TTL.
+
+    The shard whose share a bot is may have no room for its provider (neonize
+    has a capacity of its own): after a lease TTL, whoever has room takes it.
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.waiting_since: dict[uuid.UUID, float] = {}
+
+    def choose(self, loads: dict[str, tuple[int, int]], me: str, waiting: list[uuid.UUID]) -> list[uuid.UUID]:
+        mine = fair_slice(loads, me, waiting)
+        now = time.monotonic()
+        self.waiting_since = {bot: self.waiting_since.get(bot, now) for bot in waiting}
+        late = [bot for bot in waiting if now - self.waiting_since[bot] >= self.ttl and bot not in mine]
+        return mine + late

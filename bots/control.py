@@ -1,7 +1,8 @@
 """What the web asks of the pool: it writes desired state, then nudges the shards.
 
-The shards reconcile toward the database on every loop (invariant 1), so a
-lost nudge costs latency, never correctness.
+The shards reconcile toward the database on every loop (docs/invariants.md, 1),
+so a lost nudge costs latency, never correctness. Connect requests are rate
+limited per bot and per user, counted in the database.
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ import asyncio
 import datetime
 import logging
 import math
+import uuid
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from bots.models import Bot, Message
+from bots import broadcasts
+from bots.models import Bot, Message, Provider
 from whatsapp import jids, state
 from whatsapp.models import ConnectRequest, Session, Status
 
@@ -37,7 +39,7 @@ class RateLimited(Exception):
 
 async def wake_shards() -> None:
     """Wake the shards now rather than at their next poll. A hint: failures are harmless (they poll)."""
-    layer = get_channel_layer()
+    layer = state.shared_layer()
     if layer is None:
         return
     try:
@@ -78,6 +80,14 @@ def lock_rate_counts(bot: Bot, user) -> None:
     list(Session.objects.select_for_update().filter(pk=bot.pk).values_list("pk", flat=True))
 
 
+def forget_old_requests(user) -> None:
+    """Requests out of every rate window count for nothing: each new one clears its user's old ones."""
+    longest = max(settings.WHATSAPP_CONNECT_RATE_BOT[1], settings.WHATSAPP_CONNECT_RATE_USER[1])
+    ConnectRequest.objects.filter(
+        user=user, created_at__lt=timezone.now() - datetime.timedelta(seconds=longest)
+    ).delete()
+
+
 def request_connect(bot: Bot, user, *, autoconnect: bool = False, pairing_phone: str = "") -> Session:
     """A connect request (API, page, admin, autoConnect): desired on, failures reset, `connecting`."""
     try:
@@ -85,6 +95,7 @@ def request_connect(bot: Bot, user, *, autoconnect: bool = False, pairing_phone:
             lock_rate_counts(bot, user)
             check_rate(bot, user)
             ConnectRequest.objects.create(bot=bot, user=user)
+            forget_old_requests(user)
             Session.objects.filter(pk=bot.pk).update(
                 desired_connected=True, logout_requested=False, failures=0, next_retry_at=None
             )
@@ -117,6 +128,16 @@ def request_logout(bot: Bot) -> Session:
     return session
 
 
+def delete_bot(bot: Bot) -> None:
+    """Hidden at once; the hosting shard logs the device out and releases it. Its sockets close (4404)."""
+    with transaction.atomic():
+        Bot.objects.filter(pk=bot.pk).update(deleted_at=timezone.now())
+        Session.objects.filter(pk=bot.pk).update(desired_connected=False, logout_requested=True)
+        broadcasts.bot_access_changed(bot.pk, None)
+        broadcasts.list_changed(bot.owner_id)
+    transaction.on_commit(nudge_shards)
+
+
 def queue_message(bot: Bot, chat: str, text: str) -> Message:
     """An operator's message: queued in the outbox now, sent by the hosting shard once connected."""
     with transaction.atomic():
@@ -127,12 +148,10 @@ def queue_message(bot: Bot, chat: str, text: str) -> Message:
     return message
 
 
-def prune_connect_requests() -> int:
-    """Forget requests older than every window; run by the pool from time to time."""
-    longest = max(settings.WHATSAPP_CONNECT_RATE_BOT[1], settings.WHATSAPP_CONNECT_RATE_USER[1])
-    cutoff = timezone.now() - datetime.timedelta(seconds=longest)
-    deleted, _ = ConnectRequest.objects.filter(created_at__lt=cutoff).delete()
-    return deleted
-
-
-__all__ = ["RateLimited", "nudge_shards", "request_connect", "request_disconnect", "request_logout"]
+def phone_in_use(bot_id: uuid.UUID, phone: str) -> bool:
+    """Another live neonize bot is linked to this number (neonize keys its clients by number)."""
+    return (
+        Session.objects.filter(phone=phone, bot__deleted_at__isnull=True, bot__whatsapp_provider=Provider.NEONIZE)
+        .exclude(pk=bot_id)
+        .exists()
+    )
