@@ -11,6 +11,8 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botplatform.settings")
+# The web borrows its PostgreSQL connections from a pool (botplatform/settings.py says why).
+os.environ.setdefault("DATABASE_POOL", "1")
 # Django must be set up before anything imports models (the Channels tutorial's order).
 django_asgi_app = get_asgi_application()
 

@@ -99,6 +99,9 @@ DATABASE_URL = env.url("DATABASE_URL", ("postgres", "postgresql", "sqlite"))
 if DATABASE_URL is None:
     DATABASE_URL = f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 _db = dj_database_url.parse(DATABASE_URL)
+# A pool of PostgreSQL connections in this process, and its size (docs/settings.md).
+DATABASE_POOL = env.bool("DATABASE_POOL", False)
+DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", 33, min=2, max=1000)
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     if not _db["NAME"] or _db["NAME"] == ":memory:":
         raise ImproperlyConfigured("DATABASE_URL must name a SQLite file: the web and the pool share it.")
@@ -113,6 +116,14 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["TEST"] = {"NAME": str(Path(_db["NAME"]).with_name("test_" + Path(_db["NAME"]).name))}
 else:
     _db["CONN_HEALTH_CHECKS"] = True
+    if DATABASE_POOL:
+        # The web's (botplatform/asgi.py turns it on): its sockets do their database work on whatever
+        # thread is free, and borrow a connection from psycopg's pool for it instead of opening one
+        # each time (a new PostgreSQL connection was half of a socket handshake's cost). The pool's
+        # processes keep a connection per thread instead, their threads being few and long-lived.
+        # At most as many as the web has threads that use them (the loop's executor: at most 32), so
+        # a wait for a free one is short: a long one means the database is down, and /healthz says so.
+        _db.setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": DATABASE_POOL_SIZE, "timeout": 3}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -17,11 +17,6 @@ from whatsapp.state import events_group, frame_for
 
 
 @on_any_thread
-def can_see(user, bot_id) -> bool:
-    return Bot.objects.visible_to(user).filter(pk=bot_id).exists()
-
-
-@on_any_thread
 def current_frame(bot_id) -> dict:
     return frame_for("status", Session.objects.get(pk=bot_id))
 
@@ -35,10 +30,10 @@ def logged_frames(bot_id, after: int, before: int) -> list[dict]:
 class ConnectionEventsConsumer(LiveSocket):
     accepts_bearer = True
 
-    async def authorize(self) -> bool:
+    def authorize(self) -> bool:
         self.bot_id = self.scope["url_route"]["kwargs"]["bot_id"]
         self.last_seq = -1
-        return await can_see(self.listener.user, self.bot_id)
+        return Bot.objects.visible_to(self.listener.user).filter(pk=self.bot_id).exists()
 
     async def join_groups(self) -> None:
         await self.join(events_group(self.bot_id))

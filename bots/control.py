@@ -99,9 +99,7 @@ def request_connect(bot: Bot, user, *, autoconnect: bool = False, pairing_phone:
             Session.objects.filter(pk=bot.pk).update(
                 desired_connected=True, logout_requested=False, failures=0, next_retry_at=None
             )
-            session = state.record(
-                bot.pk, "connecting", Status.CONNECTING, last_error="", pairing_phone=pairing_phone, qr_started_at=None
-            )
+            session = state.record(bot.pk, "connecting", Status.CONNECTING, last_error="", pairing_phone=pairing_phone)
     except RateLimited:
         if not autoconnect:
             raise

@@ -242,10 +242,10 @@ class Gone(Exception):
 class LivePage(LiveSocket):
     """A page's socket: renders what changed since its cursor, in the page's language, on a DB thread."""
 
-    async def authorize(self) -> bool:
+    def authorize(self) -> bool:
         self.query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         self.language = page_language((self.query.get("lang") or [None])[0])
-        return await on_any_thread(self.find)()
+        return self.find()
 
     async def start(self) -> None:
         await self.update()

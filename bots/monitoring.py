@@ -1,11 +1,13 @@
 """``/healthz`` and ``/metrics``: plain views, outside the OpenAPI document.
 
 Metrics are read from the database at scrape time, so every web process
-answers the same figures for the whole deployment (shards on all hosts).
+answers the same figures for the whole deployment (shards on all hosts);
+only the ``web_*`` gauges are the answering process's own (its sockets).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import logging
@@ -23,6 +25,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
+from bots import sockets
 from bots.models import Direction, Message
 from whatsapp.models import Session, SessionEvent, ShardHeartbeat
 
@@ -142,6 +145,29 @@ class DatabaseCollector:
         yield reconnects
 
 
+class ProcessCollector:
+    """This web process's live sockets: the only figures here that are not the whole deployment's."""
+
+    def collect(self):
+        sockets_open = GaugeMetricFamily(
+            "web_sockets_open", "WebSockets open and authorized in this web process (all users)."
+        )
+        sockets_open.add_metric([], sum(sockets.open_sockets.values()))
+        yield sockets_open
+        consumers = GaugeMetricFamily(
+            "web_socket_consumers", "Socket consumers running in this web process: one per socket, none left over."
+        )
+        consumers.add_metric([], len(sockets.running))
+        yield consumers
+        tasks = GaugeMetricFamily("web_asyncio_tasks", "asyncio tasks of this web process's event loop.")
+        tasks.add_metric([], async_to_sync(_count_tasks)())
+        yield tasks
+
+
+async def _count_tasks() -> int:
+    return len(asyncio.all_tasks())
+
+
 def _metrics_allowed(request: HttpRequest) -> bool:
     token = settings.METRICS_TOKEN
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
@@ -165,4 +191,5 @@ def metrics(request: HttpRequest) -> HttpResponse:
         )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector())
+    registry.register(ProcessCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

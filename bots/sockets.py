@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import weakref
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -42,6 +43,8 @@ CLOSE_TOO_MANY = 4429
 
 # Open sockets per user in this process (the cap of WEBSOCKETS_PER_USER).
 open_sockets: collections.Counter[int] = collections.Counter()
+# The socket consumers of this process that have not ended yet, open or not (for /metrics).
+running: weakref.WeakSet[LiveSocket] = weakref.WeakSet()
 
 
 def on_any_thread(fn):
@@ -74,7 +77,6 @@ def bearer_token(scope) -> str | None:
     return None
 
 
-@on_any_thread
 def authenticate(scope, bearer: bool) -> Listener | None:
     """A bearer token first (the same order as the HTTP API), then the session cookie."""
     token = bearer_token(scope) if bearer else None
@@ -102,14 +104,18 @@ class LiveSocket(AsyncWebsocketConsumer):
         self.joined: list[str] = []
         self.counted = False
         self.closed = False
+        running.add(self)
         try:
             await super().__call__(scope, receive, send)
         finally:
             await self.end()
+            running.discard(self)
 
     async def websocket_connect(self, message) -> None:
-        self.listener = await authenticate(self.scope, self.accepts_bearer)
+        # Accepted at once: whatever follows, the client learns it from a close code, and a burst of
+        # handshakes never outlasts the server's connect timeout (daphne's: 5 s) waiting for the database.
         await self.accept()
+        self.listener, allowed = await on_any_thread(self.admit)()
         if self.listener is None:
             await self.refuse(CLOSE_UNAUTHENTICATED)
             return
@@ -119,7 +125,7 @@ class LiveSocket(AsyncWebsocketConsumer):
             return
         open_sockets[user_id] += 1
         self.counted = True
-        if not await self.authorize():
+        if not allowed:
             await self.refuse(CLOSE_NOT_FOUND)
             return
         await self.join(broadcasts.user_group(user_id))
@@ -127,6 +133,14 @@ class LiveSocket(AsyncWebsocketConsumer):
         await self.start()
         # Without Redis, this process's sockets hear what the shards write through one follower.
         follower.follow(while_needed=lambda: bool(open_sockets))
+
+    def admit(self) -> tuple[Listener | None, bool]:
+        """Who listens, and whether they may see what the path asks for: one trip to the database."""
+        listener = authenticate(self.scope, self.accepts_bearer)
+        if listener is None:
+            return None, False
+        self.listener = listener
+        return listener, self.authorize()
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
         """Clients only listen; anything they send is ignored."""
@@ -165,8 +179,8 @@ class LiveSocket(AsyncWebsocketConsumer):
 
     # --- what subclasses decide ---
 
-    async def authorize(self) -> bool:
-        """Whether the listener may see what the socket's path asks for (else 4404)."""
+    def authorize(self) -> bool:
+        """Whether ``self.listener`` may see what the socket's path asks for (else 4404). On a DB thread."""
         raise NotImplementedError
 
     async def join_groups(self) -> None:

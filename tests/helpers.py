@@ -6,12 +6,16 @@ The personas (alice, bob, staff) and the process fixtures are in tests/conftest.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from django.contrib.auth.models import User
 from django.test import Client
 
 from bots.models import ApiToken, Bot, Message
+
+# A time as the API writes it (docs/api.md): RFC 3339, UTC.
+RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 
 
 @dataclass

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from django.db import connection
 
+from bots.management.commands.serve import daphne_args
 from whatsapp.providers.store import postgres_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,10 +159,11 @@ class Web:
 
 
 def start_web(**env: str | None) -> Web:
+    """daphne as deployed (bots/management/commands/serve.py): a listen backlog for bursts of connections."""
     port = free_port()
     proc = Proc(
         "daphne",
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "botplatform.asgi:application"],
+        [sys.executable, "-m", "daphne", *daphne_args("127.0.0.1", port)],
         process_env(**env),
     ).start()
 

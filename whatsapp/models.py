@@ -35,7 +35,6 @@ class Session(models.Model):
     version = models.PositiveBigIntegerField(_("version"), default=0)
     qr_code = models.TextField(_("QR code (PNG data URL)"), blank=True)
     qr_expires_at = models.DateTimeField(_("QR expires"), null=True, blank=True)
-    qr_started_at = models.DateTimeField(_("first QR shown"), null=True, blank=True)
     pairing_phone = models.CharField(_("pairing phone"), max_length=20, blank=True)
     pairing_code = models.CharField(_("pairing code"), max_length=9, blank=True)
     jid = models.CharField(_("device JID"), max_length=128, blank=True)

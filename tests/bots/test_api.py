@@ -17,7 +17,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from bots.models import ApiToken, Bot
-from tests.helpers import ApiClient, assert_error, assert_invalid, error_of, make_bot
+from tests.helpers import RFC3339_UTC, ApiClient, assert_error, assert_invalid, error_of, make_bot
 from whatsapp.models import Session
 
 BOT_KEYS = {
@@ -35,7 +35,6 @@ BOT_KEYS = {
     "updatedAt",
     "whatsapp",
 }
-RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 MIB = 1024 * 1024
 # Valid JSON, just over the limit: only the size is wrong with it.
 TOO_LARGE = json.dumps({"systemPrompt": "x" * MIB}).encode()

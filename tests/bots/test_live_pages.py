@@ -432,3 +432,17 @@ async def test_without_redis_it_hears_what_a_shard_wrote_through_the_follower(al
     await orm(as_a_shard_would)(ApiToken.objects.filter(pk=token.pk).delete)  # as revoke_api_token elsewhere
     assert await closed_with(events) == 4401
     await page.disconnect()
+
+
+async def test_deleting_a_token_in_the_admin_closes_its_sockets(alice, staff):
+    bot = await orm(make_bot)(alice)
+    token, secret = await orm(ApiToken.issue)(alice)
+    ws = await events_socket(bot, secret)
+    await ws.receive_json_from(timeout=5)
+
+    def delete_in_the_admin():
+        return logged_in(staff).post(f"/admin/bots/apitoken/{token.pk}/delete/", {"post": "yes"})
+
+    assert (await orm(delete_in_the_admin)()).status_code == 302
+    assert not await orm(ApiToken.objects.filter(pk=token.pk).exists)()
+    assert await closed_with(ws) == 4401

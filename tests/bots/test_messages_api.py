@@ -8,8 +8,7 @@ import pytest
 from django.utils import timezone
 
 from bots.models import Direction, Message, MessageStatus
-from tests.bots.test_api import RFC3339_UTC, assert_error, assert_invalid
-from tests.helpers import make_bot
+from tests.helpers import RFC3339_UTC, assert_error, assert_invalid, make_bot
 from whatsapp.models import Session
 
 pytestmark = pytest.mark.django_db

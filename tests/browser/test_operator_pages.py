@@ -238,3 +238,27 @@ def test_it_speaks_the_browsers_language_and_switches_on_request(browser, web, a
     page.get_by_role("button", name="Mudar idioma").click()
     page.get_by_role("heading", name="Step 1 of 3: Name and persona").wait_for()
     shot(page, "wizard-switched-to-english")
+
+
+def test_the_bot_list_follows_bots_created_elsewhere_without_a_reload(browser, web, pool, alice, shot):
+    """A list open in one tab shows the bot another tab (here, a script) created, its status moving live."""
+    pool()
+    page = new_page(browser, web)
+    log_in(page, "alice")
+    page.get_by_text("You have no bots yet").wait_for()
+    page.locator("#live-mode[data-mode=live]").wait_for()
+    page.evaluate("window.notReloaded = true")
+    errors = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+
+    created = api(page, "/api/bots", {"name": "Sorveteria", "whatsappProvider": "simulator"})
+
+    row = page.get_by_role("row", name=re.compile("Sorveteria"))
+    row.wait_for()
+    page.locator(f"#status-{created['id']}").filter(has_text="waiting for QR scan").wait_for()
+    shot(page, "bot-list-follows")
+    api(page, f"/api/bots/{created['id']}/simulator/scan", {"phone": "5511912345678"})
+    page.locator(f"#status-{created['id']}").filter(has_text="connected").wait_for()
+    row.get_by_role("link", name="Sorveteria").wait_for()
+    assert page.evaluate("window.notReloaded") is True
+    assert not [e for e in errors if "oobErrorNoTarget" in e], errors

@@ -10,6 +10,7 @@ import signal
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
 
 from bots.models import ApiToken, Message
 from tests.processes import pid_of, wait_until
@@ -123,9 +124,16 @@ def test_it_refuses_websockets_without_the_right_origin_auth_or_bot(web, bob, to
     bob_token = ApiToken.issue(bob)[1]
     bot = create_bot(web, token, autoConnect=False)
 
-    with pytest.raises(InvalidStatus) as refused:
-        open_events(web, bot["id"], token, origin="http://evil.example.com")
-    assert refused.value.response.status_code == 403
+    # The Origin must be the page's own, scheme, host and port: another port of the same host is another site.
+    for origin in ("http://evil.example.com", f"http://127.0.0.1:{web.port + 1}", f"https://127.0.0.1:{web.port}"):
+        with pytest.raises(InvalidStatus) as refused:
+            open_events(web, bot["id"], token, origin=origin)
+        assert refused.value.response.status_code == 403, origin
+    # A path with no route, or an id that is not a UUID, is an HTTP 404 at the handshake (not a 500).
+    for path in ("/ws/nowhere", "/api/bots/123/connection-events", "/ws/bots/not-a-uuid/live"):
+        with pytest.raises(InvalidStatus) as missing:
+            connect(web.ws_base + path, origin=web.base, open_timeout=10)
+        assert missing.value.response.status_code == 404, path
 
     for credentials, code in ((None, 4401), ("not-a-token", 4401), (bob_token, 4404)):
         with open_events(web, bot["id"], credentials) as ws:

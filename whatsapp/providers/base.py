@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 # How a provider reaches the database: the shard's DB threads (``await db(fn, *args)``).
@@ -48,7 +48,6 @@ class Device:
     bot_id: uuid.UUID
     jid: str = ""
     pairing_phone: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 class Events(Protocol):

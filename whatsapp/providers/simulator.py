@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import functools
 import logging
 import os
@@ -372,9 +371,3 @@ class SimulatorProvider(Provider):
                 timestamp=row.timestamp,
             )
             client.events.message(row.bot_id, message, row.pk)
-
-
-def timestamp_from_ms(value: int | None) -> datetime.datetime:
-    if value is None:
-        return timezone.now()
-    return datetime.datetime.fromtimestamp(value / 1000, tz=datetime.UTC)

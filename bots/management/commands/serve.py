@@ -7,6 +7,25 @@ import time
 
 from django.core.management.base import BaseCommand
 
+# Connections daphne's socket queues before it accepts them. Twisted's default, 50, drops connections
+# in a burst (a thousand sockets opened at once reset a few); Linux caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+# Seconds a WebSocket has to be accepted from the moment its connection is made. daphne's default, 5,
+# dropped a few sockets of a burst of a thousand, unanswered, while the others were being authorized.
+HANDSHAKE_SECONDS = 20
+
+
+def daphne_endpoint(host: str, port: int) -> str:
+    """daphne's ``-e`` endpoint for a TCP address, with the listen backlog (``-b``/``-p`` cannot set one)."""
+    interface = host.replace(":", r"\:")  # IPv6 colons are escaped in Twisted's endpoint strings
+    return f"tcp:port={port}:interface={interface}:backlog={LISTEN_BACKLOG}"
+
+
+def daphne_args(host: str, port: int) -> list[str]:
+    """daphne's arguments as the platform runs it (``make run``, the tests, the README's units)."""
+    endpoint = daphne_endpoint(host, port)
+    return ["-e", endpoint, "--websocket_connect_timeout", str(HANDSHAKE_SECONDS), "botplatform.asgi:application"]
+
 
 class Command(BaseCommand):
     help = "Serve the web and run the WhatsApp pool on one machine until Ctrl+C."
@@ -17,7 +36,7 @@ class Command(BaseCommand):
         parser.add_argument("--shards", type=int, default=1)
 
     def handle(self, host: str, port: int, shards: int, **options):
-        web = ["daphne", "-b", host, "-p", str(port), "botplatform.asgi:application"]
+        web = ["daphne", *daphne_args(host, port)]
         pool = ["run_whatsapp", "--shards", str(shards)]
         processes = [
             subprocess.Popen([sys.executable, "-m", *web]),
