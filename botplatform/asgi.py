@@ -11,10 +11,14 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "botplatform.settings")
-# The web borrows its PostgreSQL connections from a pool (botplatform/settings.py says why).
+# The web borrows its PostgreSQL connections from a pool (botplatform/settings.py says why). Said for
+# this process's settings only: a process that imports this module passes nothing on to its children.
+_pool_asked = "DATABASE_POOL" in os.environ
 os.environ.setdefault("DATABASE_POOL", "1")
 # Django must be set up before anything imports models (the Channels tutorial's order).
 django_asgi_app = get_asgi_application()
+if not _pool_asked:
+    del os.environ["DATABASE_POOL"]
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402

@@ -244,7 +244,9 @@ class ApiToken(models.Model):
 
     def set_new_secret(self) -> str:
         """Give the token a fresh secret; returns it, the only time it is seen."""
-        secret = secrets.token_urlsafe(32)
+        secret = "-"
+        while secret[0] in "-_":  # never mistaken for an option on a command line (revoke_api_token PREFIX)
+            secret = secrets.token_urlsafe(32)
         self.prefix = secret[:8]
         self.key_hash = hash_token(secret)
         return secret

@@ -9,11 +9,14 @@ the platform's own write paths, which broadcast after commit.
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.db import connections
 from django.test import Client
 
 from bots import control, follower, replies, sockets
@@ -25,6 +28,16 @@ from whatsapp.models import Status
 from whatsapp.providers.base import Inbound
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+async def close_connections_of_ended_threads():
+    """The sockets' database work ran on the test's loop's threads, gone with it: their connections
+    are unreachable, and must be closed (collected) or PostgreSQL cannot drop the test database."""
+    yield
+    gc.collect()
+    await sync_to_async(connections.close_all)()
+
 
 CHAT = "5511955554444@s.whatsapp.net"
 

@@ -4,7 +4,10 @@ from bots.models import ApiToken
 
 
 class Command(BaseCommand):
-    help = "Revoke the API token whose prefix (the first 8 characters, as the admin shows) is PREFIX."
+    help = (
+        "Revoke the API token whose prefix (its first 8 characters, as the admin shows) is PREFIX. "
+        "A prefix that starts with '-' (tokens made before this command existed) goes after '--'."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("prefix")
