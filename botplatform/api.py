@@ -19,6 +19,8 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.utils.decorators import sync_and_async_middleware
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_safe
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import APIKeyCookie
@@ -105,11 +107,11 @@ def nul_fields(data: dict) -> dict[str, str]:
     return fields
 
 
-def parse_body(request: HttpRequest, schema: type[Schema], *, optional: bool = False) -> Schema:
-    """Read a JSON body after the auth and lookup checks: 413, then 415, then 400.
+def read_body(request: HttpRequest) -> bytes:
+    """The request's body, or 413 when it is over DATA_UPLOAD_MAX_MEMORY_SIZE.
 
-    With ``optional``, a request without a body (any or no content type) is
-    read as ``{}``, for endpoints whose fields are all optional.
+    Endpoints that take no body call it too (through ``bots.api.base.get_bot``), so
+    that a body over the limit is refused the same way everywhere, after auth and lookup.
     """
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     try:
@@ -121,9 +123,19 @@ def parse_body(request: HttpRequest, schema: type[Schema], *, optional: bool = F
             raise RequestDataTooBig
         body = request.body
     except RequestDataTooBig:
-        raise ApiError(413, "payload_too_large", f"The request body is larger than {limit} bytes.") from None
-    if len(body) > limit:
+        body = None
+    if body is None or len(body) > limit:
         raise ApiError(413, "payload_too_large", f"The request body is larger than {limit} bytes.")
+    return body
+
+
+def parse_body(request: HttpRequest, schema: type[Schema], *, optional: bool = False) -> Schema:
+    """Read a JSON body after the auth and lookup checks: 413, then 415, then 400.
+
+    With ``optional``, a request without a body (any or no content type) is
+    read as ``{}``, for endpoints whose fields are all optional.
+    """
+    body = read_body(request)
     if optional and not body:
         return schema.model_validate({})
     if request.content_type != "application/json":
@@ -181,11 +193,31 @@ def on_unexpected_error(request: HttpRequest, exc: Exception) -> HttpResponse:
     return error_response(500, "server_error", "Something went wrong on our side. It has been logged.")
 
 
-class Api(NinjaAPI):
-    """A NinjaAPI whose every error, expected or not, is in the project's shape."""
+def read_only(decorator=None):
+    """The decorator of the OpenAPI document and its docs page: GET and HEAD only, else 405.
 
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
+    Ninja's views answer any method. Exempt from CSRF, which would answer 403 first to
+    the unsafe methods they no longer take; ``decorator`` (``docs_decorator``) runs inside.
+    """
+
+    def decorate(view):
+        view = require_safe(view)
+        if decorator is not None:
+            view = decorator(view)
+        return csrf_exempt(view)
+
+    return decorate
+
+
+class Api(NinjaAPI):
+    """A NinjaAPI whose every error, expected or not, is in the project's shape.
+
+    Its OpenAPI document and docs page answer 405 (with ``Allow``) to methods other
+    than GET and HEAD, as its operations do to the methods they have not.
+    """
+
+    def __init__(self, *, docs_decorator=None, **kwargs) -> None:
+        super().__init__(docs_decorator=read_only(docs_decorator), **kwargs)
         self.add_exception_handler(ApiError, on_api_error)
         self.add_exception_handler(AuthenticationError, on_authentication_error)
         self.add_exception_handler(ValidationError, on_validation_error)

@@ -1,7 +1,8 @@
 """What every WebSocket handshake passes before a consumer: its route, then its Origin (docs/api.md).
 
 - A path with no route, or an id that is not a UUID, is answered HTTP 404 at
-  the handshake (Channels' router raises, which daphne turns into a 500).
+  the handshake (Channels' router raises, which daphne turns into a 500); a
+  NUL character in the path or the query, HTTP 400.
 - The Origin must be the request's own (scheme, host and port; the scheme from
   ``X-Forwarded-Proto`` when Django trusts it, as ``request.is_secure()`` does),
   or one of ``CSRF_TRUSTED_ORIGINS``, and the host one of ``ALLOWED_HOSTS``; else
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import http
 import sys
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from autobahn.websocket import ConnectionDeny
 from django.conf import settings
@@ -82,6 +83,12 @@ def origin_allowed(scope) -> bool:
     return False
 
 
+def holds_nul(scope) -> bool:
+    """A NUL character in the path or the query: text the database cannot store (botplatform/guards.py)."""
+    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    return "\x00" in scope.get("path", "") or any("\x00" in key + value for key, value in query)
+
+
 class Handshake:
     """The WebSocket side of the ASGI application: a route and an Origin checked, then the consumers."""
 
@@ -98,7 +105,9 @@ class Handshake:
         return any(route.pattern.match(path) for route in self.router.routes)
 
     async def __call__(self, scope, receive, send) -> None:
-        if not self.has_route(scope):
+        if holds_nul(scope):
+            await deny(scope, receive, send, http.HTTPStatus.BAD_REQUEST)
+        elif not self.has_route(scope):
             await deny(scope, receive, send, http.HTTPStatus.NOT_FOUND)
         elif not origin_allowed(scope):
             await deny(scope, receive, send, http.HTTPStatus.FORBIDDEN)

@@ -6,6 +6,8 @@ DATABASE_URL, REDIS_URL, SECRET_KEY, ALLOWED_HOSTS and HTTPS=1.
 
 from __future__ import annotations
 
+import datetime
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -40,8 +42,8 @@ if HTTPS:
     SECURE_HSTS_PRELOAD = True
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
-    # Health probes come from the load balancer over plain HTTP.
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    # Health probes come from the load balancer, scrapes from a Prometheus on loopback, both plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 
 INSTALLED_APPS = [
     "daphne",
@@ -52,6 +54,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "axes",
     "channels",
     "django_htmx",
     "ninja",
@@ -62,8 +65,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "botplatform.api.json_errors_middleware",
+    "botplatform.guards.refuse_nul_middleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -72,7 +77,26 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked login into the lock page (AXES_LOCKOUT_TEMPLATE).
+    "axes.middleware.AxesMiddleware",
 ]
+
+# A Content-Security-Policy on every page (django-csp): only this site's own scripts, styles and
+# connections (WebSockets are same-origin; the QR code is a data: PNG), nothing inline, no framing.
+# The pages need nothing more: no inline script or style, and htmx without eval (templates/base.html).
+# /api/docs alone adds inline styles, which Swagger UI sets on its elements (botplatform/urls.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "style-src": ["'self'"],
+        "script-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+    }
+}
 
 ROOT_URLCONF = "botplatform.urls"
 ASGI_APPLICATION = "botplatform.asgi.application"
@@ -156,6 +180,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Messages to show on the next page are kept in the session, server side: Django's default puts
+# them in a cookie, signed but readable, and the admin shows a new API token's secret as one.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
@@ -209,11 +236,64 @@ LOGGING = {
         # A line per Gemini request otherwise; the SDK still logs its retries.
         "httpx2": {"level": "WARNING"},
         "aiohttp": {"level": "WARNING"},
+        # Its "AXES: BEGIN version ..." at every start of every command; lockouts are logged by axes.handlers.
+        "axes.apps": {"level": "WARNING"},
     },
 }
 
 # /metrics answers loopback, or anyone with this bearer token.
 METRICS_TOKEN = env.str("METRICS_TOKEN")
+# The header by which the proxy in front of the web (nginx: deploy/nginx.conf) names the client; a
+# request relayed by it counts as loopback for /metrics only if that client is. "none": no proxy.
+PROXY_CLIENT_HEADER = env.str("PROXY_CLIENT_HEADER", "X-Forwarded-For")
+if PROXY_CLIENT_HEADER.lower() == "none":
+    PROXY_CLIENT_HEADER = ""
+elif not re.fullmatch(r"[A-Za-z0-9-]{1,64}", PROXY_CLIENT_HEADER):
+    raise ImproperlyConfigured(
+        f"PROXY_CLIENT_HEADER={PROXY_CLIENT_HEADER!r} is invalid: expected a header name or none."
+    )
+
+# --- Login throttling (django-axes) -----------------------------------------------
+# Failed logins, on /login/ and /admin/login/ alike, are counted in the database (AccessAttempt rows:
+# every web process sees them). An account is locked after 10 failures, from any addresses; an
+# address after 50, across accounts. A lock refuses the right password too, with a page in the
+# operator's language (templates/registration/locked_out.html, 429). Staff unlock with
+# `manage.py axes_reset_username NAME` or `axes_reset_ip ADDRESS`, or delete the admin's access attempts.
+AUTHENTICATION_BACKENDS = [
+    # Refuses a locked login before any password is checked. It logs nobody in and has no get_user: a
+    # session names ModelBackend, the one that logged it in, and get_user asks that one (bots/sockets.py).
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+# Two separate criteria (a list of lists would be one combined criterion): either one locks.
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+LOGIN_FAILURES_PER_ACCOUNT = 10
+LOGIN_FAILURES_PER_ADDRESS = 50
+# botplatform/logins.py: 10 for an account that has 10 failures already, else 50 (the address's limit).
+AXES_FAILURE_LIMIT = "botplatform.logins.failure_limit"
+# What axes counts is not a sliding window: it keeps a row per username, address and user agent, with its
+# failures and the time of the last one, and a row counts (all its failures) while that last one is less
+# than 15 minutes old; then it is deleted. Failures further apart still add up while each comes within 15
+# minutes of the one before on its row, yet no more than 10 of one account (50 of one address) fit in any
+# 15 minutes. A lock holds until enough rows age out: 15 minutes after the failure that set it when the
+# failures came from one address and browser, sooner when they came from several (each row leaves on its own).
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=15)
+# Refused attempts during a lock are not counted, so they do not prolong it: retrying the right password
+# does not keep an operator out longer.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# A success does not wipe the failures: axes would delete every row of the username *and of the address*
+# (both criteria), so anyone with an account could log in to it between guesses at another's password and
+# never reach either limit. Failures simply age out.
+AXES_RESET_ON_SUCCESS = False
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_HTTP_RESPONSE_CODE = 429
+# The address: REMOTE_ADDR, unless HTTPS=1 says nginx is in front (deploy/): then, for a request it relays
+# from loopback, the last address of its PROXY_CLIENT_HEADER, the one nginx appended (what the client sent
+# comes before it; botplatform/logins.py). axes' AXES_IPWARE_* settings need django-ipware, which is not
+# installed; this callable is what axes asks first.
+LOGIN_CLIENT_HEADER = PROXY_CLIENT_HEADER if HTTPS else ""
+AXES_CLIENT_IP_CALLABLE = "botplatform.logins.client_address"
 
 # --- Gemini ------------------------------------------------------------------
 

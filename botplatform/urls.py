@@ -1,5 +1,6 @@
 """URL wiring: the pages, the admin, the JSON API and its routers, health and metrics."""
 
+from csp.decorators import csp_update
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
@@ -15,6 +16,8 @@ api = Api(
     description="Bots that answer WhatsApp messages with Google Gemini.",
     auth=[BearerAuth(), SessionAuth()],
     urls_namespace="api",
+    # Swagger UI (vendored by django-ninja) sets styles on its elements: its page alone allows them.
+    docs_decorator=csp_update({"style-src": ["'unsafe-inline'"]}),
 )
 api.add_router("/bots", bots.router)
 api.add_router("/bots", messages.router)

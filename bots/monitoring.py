@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import ipaddress
 import logging
 import secrets
 
@@ -25,6 +24,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
+from botplatform.proxy import FORWARDING_HEADERS, is_loopback, relayed_for
 from bots import sockets
 from bots.models import Direction, Message
 from whatsapp.models import Session, SessionEvent, ShardHeartbeat
@@ -61,7 +61,12 @@ def _check_shards() -> str:
 @require_GET
 @never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
-    """For load balancers and monitors: 200 when healthy, 503 with the failing checks otherwise."""
+    """For load balancers and monitors: 200 when healthy, 503 with the failing checks otherwise.
+
+    Anyone sees ``ok`` or ``error`` per check; what failed, and how, only a caller with METRICS_TOKEN
+    (the error text names internal hosts and ports).
+    """
+    detailed = _has_metrics_token(request)
     checks: dict[str, str] = {}
     healthy = True
     for name, check in (
@@ -70,10 +75,11 @@ def healthz(request: HttpRequest) -> JsonResponse:
         ("shards", _check_shards),
     ):
         try:
-            checks[name] = check()
+            result = check()
+            checks[name] = result if detailed else "ok"
         except Exception as exc:
             healthy = False
-            checks[name] = f"error: {exc}"[:300]
+            checks[name] = f"error: {exc}"[:300] if detailed else "error"
             logger.warning("health check %s failed: %s", name, exc)
             if name == "database":
                 break
@@ -168,18 +174,28 @@ async def _count_tasks() -> int:
     return len(asyncio.all_tasks())
 
 
-def _metrics_allowed(request: HttpRequest) -> bool:
+def _has_metrics_token(request: HttpRequest) -> bool:
     token = settings.METRICS_TOKEN
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if token and given and secrets.compare_digest(given, token):
-        return True
-    # Loopback only when nothing forwarded the request: a local reverse proxy is not the scraper.
-    if "X-Forwarded-For" in request.headers:
-        return False
-    try:
-        return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
-    except ValueError:
-        return False
+    return bool(token and given and secrets.compare_digest(given, token))
+
+
+def client_address(request: HttpRequest) -> str:
+    """The address a request came from: through the deployment's proxy, the one it names; else the peer's.
+
+    Only the header that proxy sets (PROXY_CLIENT_HEADER) is believed; any other on a request from
+    loopback makes it a forwarded one, of nobody known ("").
+    """
+    trusted = settings.PROXY_CLIENT_HEADER
+    peer = request.META.get("REMOTE_ADDR", "")
+    if is_loopback(peer) and any(h in request.headers and h != trusted for h in FORWARDING_HEADERS):
+        return ""
+    relayed = relayed_for(request, trusted)
+    return peer if relayed is None else relayed
+
+
+def _metrics_allowed(request: HttpRequest) -> bool:
+    return _has_metrics_token(request) or is_loopback(client_address(request))
 
 
 @require_GET

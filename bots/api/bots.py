@@ -8,17 +8,22 @@ from typing import Annotated, Literal
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema, Status
-from pydantic import ConfigDict, Field, StringConstraints, field_validator
+from pydantic import ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
 
 from botplatform.api import parse_body
 from bots import control
-from bots.api.base import ERRORS, Error, WhatsappStatus, get_bot, json_body
+from bots.api.base import ERRORS, Error, WhatsappStatus, get_bot, json_body, stripped
 from bots.models import MODEL_NAME_PATTERN, Bot
 from whatsapp.models import rfc3339
 
 router = Router(tags=["bots"])
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]
+# Its length is counted once trimmed, which minLength and maxLength cannot say: a pattern does.
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=80),
+    WithJsonSchema({"type": "string", "pattern": stripped(80), "description": "1 to 80 characters once trimmed."}),
+]
 SystemPrompt = Annotated[str, StringConstraints(max_length=8000)]
 ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_PATTERN)]
 Temperature = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]

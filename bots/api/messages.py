@@ -8,13 +8,12 @@ from typing import Annotated, Literal
 import pydantic
 from django.http import HttpRequest
 from ninja import Router, Schema, Status
-from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import ConfigDict, Field, StringConstraints, field_validator
 
 from botplatform.api import ApiError, parse_body, validation_fields
 from bots import control
-from bots.api.base import ERRORS, Error, get_bot, json_body
+from bots.api.base import ERRORS, NOT_BLANK, ChatJid, Error, get_bot, json_body
 from bots.models import TEXT_LIMIT, Message
-from whatsapp import jids
 from whatsapp.models import rfc3339
 
 router = Router(tags=["bots"])
@@ -39,9 +38,7 @@ class MessageList(Schema):
 class MessageQuery(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    chat: Annotated[str, AfterValidator(jids.chat_jid)] | None = Field(
-        None, description="Only this chat: a phone number, a user JID or a group JID."
-    )
+    chat: ChatJid | None = Field(None, description="Only this chat: a phone number, a user JID or a group JID.")
     limit: int = Field(50, ge=1, le=200, description="How many messages, newest first.")
     before: int | None = Field(None, ge=1, description="Only messages older than this message id (the next page).")
 
@@ -49,8 +46,10 @@ class MessageQuery(Schema):
 class OutboundIn(Schema):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    to: Annotated[str, AfterValidator(jids.chat_jid)]
-    text: Annotated[str, StringConstraints(min_length=1, max_length=TEXT_LIMIT)]
+    to: ChatJid
+    text: Annotated[
+        str, StringConstraints(min_length=1, max_length=TEXT_LIMIT), Field(json_schema_extra={"pattern": NOT_BLANK})
+    ]
 
     @field_validator("text")
     @classmethod
@@ -89,14 +88,24 @@ def parse_query(request: HttpRequest, schema: type[MessageQuery]) -> MessageQuer
 
 
 def query_parameters(schema: type[MessageQuery]) -> dict:
-    """OpenAPI description of a query string that the view reads itself with parse_query."""
-    properties = schema.model_json_schema()["properties"]
-    return {
-        "parameters": [
+    """OpenAPI description of a query string that the view reads itself with parse_query.
+
+    A query string holds no null: a parameter left out is the model's None, so the
+    schema of each is its non-null branch, without a null default.
+    """
+    parameters = []
+    for name, prop in schema.model_json_schema()["properties"].items():
+        prop = dict(prop)
+        branches = [branch for branch in prop.pop("anyOf", []) if branch != {"type": "null"}]
+        if branches:
+            (branch,) = branches
+            prop.update(branch)
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]
+        parameters.append(
             {"in": "query", "name": name, "required": False, "schema": prop, "description": prop.get("description", "")}
-            for name, prop in properties.items()
-        ]
-    }
+        )
+    return {"parameters": parameters}
 
 
 @router.get(

@@ -14,26 +14,21 @@ from django.conf import settings
 from django.http import HttpRequest
 from ninja import Router, Schema
 from ninja import Status as Answer
-from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
-from botplatform.api import ApiError, parse_body
-from bots.api.base import ERRORS, Error, get_bot, json_body
+from botplatform.api import ApiError, parse_body, read_body
+from bots.api.base import ERRORS, WHOLE, Error, GroupJid, PhoneDigits, UserJid, find_bot, json_body
 from bots.control import nudge_shards
 from bots.models import Bot, Provider
-from whatsapp import jids
 from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent, Status, rfc3339
 from whatsapp.providers.simulator import new_message_id
 
 router = Router(tags=["simulator"])
 
-Phone = Annotated[str, AfterValidator(jids.phone_digits)]
-UserJid = Annotated[str, AfterValidator(jids.user_jid)]
-GroupJid = Annotated[str, AfterValidator(jids.group_jid)]
-
 
 class Scan(Schema):
     model_config = ConfigDict(extra="forbid", strict=True)
-    phone: Phone | None = None
+    phone: PhoneDigits | None = None
     pushName: Annotated[str, StringConstraints(max_length=128)] | None = None
     code: Annotated[str, StringConstraints(strip_whitespace=True, to_upper=True, max_length=9)] | None = None
     # What the phone's camera read from the QR image: it pairs only if it is a code the bot is showing.
@@ -41,7 +36,17 @@ class Scan(Schema):
 
 
 class InboundIn(Schema):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # A text message (the default type) needs a text: either another type, or a text of one character or more.
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["type"], "properties": {"type": {"enum": ["image", "audio", "sticker"]}}},
+                {"required": ["text"], "properties": {"text": {"minLength": 1}}},
+            ]
+        },
+    )
     from_: UserJid = Field(alias="from")
     # Before `text`, whose validator reads it: an error then names the field `text`.
     type: Literal["text", "image", "audio", "sticker"] = "text"
@@ -51,7 +56,7 @@ class InboundIn(Schema):
     fromMe: bool = False
     chat: GroupJid | None = None
     mentions: list[UserJid] = Field(default_factory=list, max_length=256)
-    timestamp: Annotated[int, Field(ge=0, le=10**14)] | None = None
+    timestamp: Annotated[int, Field(ge=0, le=10**14), WHOLE] | None = None
 
     @field_validator("text")
     @classmethod
@@ -78,9 +83,10 @@ class SentList(Schema):
 
 
 def simulator_bot(request: HttpRequest, bot_id: uuid.UUID) -> Bot:
-    bot = get_bot(request, bot_id)
+    bot = find_bot(request, bot_id)
     if not settings.WHATSAPP_SIMULATOR or bot.whatsapp_provider != Provider.SIMULATOR:
         raise ApiError(404, "not_found", "No such simulator bot.")
+    read_body(request)
     return bot
 
 

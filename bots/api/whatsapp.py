@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Annotated
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection
 from django.http import HttpRequest
 from ninja import Router, Schema
 from ninja import Status as Answer
-from pydantic import AfterValidator, ConfigDict
+from pydantic import ConfigDict
 
 from botplatform.api import ApiError, parse_body
 from bots import control
-from bots.api.base import ERRORS, Error, WhatsappStatus, get_bot, json_body
-from whatsapp import jids
+from bots.api.base import ERRORS, Error, PhoneDigits, WhatsappStatus, get_bot, json_body
 from whatsapp.models import Session, Status
 
 router = Router(tags=["whatsapp"])
@@ -28,12 +26,10 @@ POLL_SECONDS = 0.1
 # reconnected needs none), so the wait ends there rather than at its deadline.
 SETTLED = frozenset({Status.CONNECTED, Status.FAILED, Status.LOGGED_OUT, Status.QR_TIMEOUT, Status.DISCONNECTED})
 
-Phone = Annotated[str, AfterValidator(jids.phone_digits)]
-
 
 class PairPhone(Schema):
     model_config = ConfigDict(extra="forbid", strict=True)
-    phone: Phone
+    phone: PhoneDigits
 
 
 def _status(bot_id: uuid.UUID) -> dict:

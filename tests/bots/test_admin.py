@@ -293,7 +293,8 @@ def test_it_lists_session_events_read_only(admin_client, alice, bob):
 
 
 def test_it_shows_a_new_api_token_once_and_stores_only_its_hash(admin_client, alice):
-    response = admin_client.post("/admin/bots/apitoken/add/", {"user": alice.pk, "name": "deploy script"}, follow=True)
+    created = admin_client.post("/admin/bots/apitoken/add/", {"user": alice.pk, "name": "deploy script"})
+    response = admin_client.get(created["Location"])
 
     page = page_of(response)
     secret = re.search(r"The new token is ([A-Za-z0-9_-]+) ", page).group(1)
@@ -303,6 +304,8 @@ def test_it_shows_a_new_api_token_once_and_stores_only_its_hash(admin_client, al
     assert token.name == "deploy script"
     assert token.key_hash == hashlib.sha256(secret.encode()).hexdigest()
     assert secret not in repr(list(ApiToken.objects.values()))
+    assert "messages" not in created.cookies, "the secret never travels in a cookie"
+    assert not any(secret in morsel.value for morsel in created.cookies.values())
     assert ApiToken.objects.user_for(secret) == alice
     assert Client().get("/api/bots", headers={"Authorization": f"Bearer {secret}"}).status_code == 200
 

@@ -568,6 +568,16 @@ def test_it_refuses_a_body_over_1_mib(alice_api, alice):
     assert snapshot(bot) == before
 
 
+def test_it_refuses_a_body_over_1_mib_on_a_delete(alice_api, alice):
+    bot = make_bot(alice)
+    before = snapshot(bot)
+
+    assert_error(alice_api.delete(bot_url(bot), raw=TOO_LARGE), 413, "payload_too_large")
+    assert snapshot(bot) == before
+    # Under the limit, a body is ignored.
+    assert alice_api.delete(bot_url(bot), raw=b'{"x": 1}').status_code == 204
+
+
 def test_it_accepts_a_body_of_exactly_1_mib(alice_api):
     padding = MIB - len(json.dumps({"name": "Grande", "systemPrompt": ""}).encode())
     body = json.dumps({"name": "Grande", "systemPrompt": "x" * padding}).encode()
@@ -751,7 +761,35 @@ def test_it_answers_405_for_an_unsupported_method(alice_api, alice, method, path
     response = alice_api.request(method, path_of(bot), {"name": "Valid"})
 
     assert_error(response, 405, "method_not_allowed")
+    allowed = {"/api/bots": {"GET", "POST"}}.get(path_of(bot), {"GET", "PATCH", "DELETE"})
+    assert set(response["Allow"].replace(" ", "").split(",")) == allowed
     assert Bot.objects.get().name == bot.name
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+@pytest.mark.parametrize("path", ["/api/openapi.json", "/api/docs"])
+def test_it_answers_405_to_a_write_on_the_openapi_document_and_its_page(alice, method, path):
+    session, csrf_token = csrf_client(alice)
+    clients = {
+        "anonymous": (Client(enforce_csrf_checks=True), {}),
+        "bearer": (Client(enforce_csrf_checks=True), {"Authorization": f"Bearer {ApiToken.issue(alice)[1]}"}),
+        # CSRF, which would answer 403 first, does not apply to pages that take no write.
+        "session without CSRF token": (session, {}),
+        "session with CSRF token": (session, {"X-CSRFToken": csrf_token}),
+    }
+    for name, (client, headers) in clients.items():
+        response = send(client, method, path, b'{"name": "x"}', "application/json", headers)
+
+        assert response["Allow"] == "GET, HEAD", name
+        assert_error(response, 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("path", ["/api/openapi.json", "/api/docs"])
+def test_it_still_serves_the_openapi_document_and_its_page_to_get_and_head(anonymous_api, path):
+    assert anonymous_api.get(path).status_code == 200
+    response = anonymous_api.client.head(path)
+    assert response.status_code == 200
+    assert response.content == b""
 
 
 # --- Nothing a client sends gives a 500 or an HTML page --------------------------------
@@ -843,9 +881,10 @@ def test_it_does_not_take_a_csrf_token_from_a_form_body(alice):
 def test_it_answers_json_for_odd_requests(alice_api, alice):
     bot = make_bot(alice)
 
-    # Query strings the routes do not use are ignored.
-    for response in (alice_api.get("/api/bots?limit=abc&name=%00"), alice_api.get(bot_url(bot) + "?x=" + "y" * 5000)):
+    # Query strings the routes do not use are ignored, unless the database could not hold them.
+    for response in (alice_api.get("/api/bots?limit=abc"), alice_api.get(bot_url(bot) + "?x=" + "y" * 5000)):
         assert response.status_code == 200
+    assert_error(alice_api.get("/api/bots?name=%00"), 400, "bad_request")
     for response in (
         alice_api.get("/api/bots/%00"),
         alice_api.get("/api/bots/" + "a" * 3000),

@@ -8,6 +8,7 @@ from io import StringIO
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
+from django.http import HttpRequest
 from django.test import Client
 
 from bots.models import ApiToken
@@ -83,7 +84,7 @@ def test_it_creates_an_admin_that_can_log_in(alice):
     assert username == "admin"
     assert User.objects.get(username="admin").is_superuser
     client = Client()
-    assert client.login(username=username, password=password)
+    assert client.login(request=HttpRequest(), username=username, password=password)
     assert client.get("/admin/").status_code == 200
 
 
@@ -91,7 +92,7 @@ def test_it_names_the_chosen_username_in_its_advice(db):
     stdout, _ = run("ensure_admin", "--username", "root")
 
     assert printed(stdout, "username") == "root"
-    assert Client().login(username="root", password=printed(stdout, "password"))
+    assert Client().login(request=HttpRequest(), username="root", password=printed(stdout, "password"))
     assert "changepassword root" in stdout
 
 

@@ -459,3 +459,13 @@ async def test_deleting_a_token_in_the_admin_closes_its_sockets(alice, staff):
     assert (await orm(delete_in_the_admin)()).status_code == 302
     assert not await orm(ApiToken.objects.filter(pk=token.pk).exists)()
     assert await closed_with(ws) == 4401
+
+
+async def test_a_nul_character_in_a_socket_address_is_refused_at_the_handshake(alice):
+    bot = await orm(make_bot)(alice)
+    ws = communicator(f"/ws/bots/{bot.pk}/live?chat=%00")
+    ws.scope["extensions"] = {"websocket.http.response": {}}
+    await ws.send_input({"type": "websocket.connect"})
+
+    start = await ws.receive_output(timeout=5)
+    assert (start["type"], start["status"]) == ("websocket.http.response.start", 400)

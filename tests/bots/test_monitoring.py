@@ -30,7 +30,7 @@ def test_it_is_unhealthy_when_bots_wait_and_no_shard_beats(alice):
     Session.objects.filter(pk=bot.pk).update(desired_connected=True)
     response = Client().get("/healthz")
     assert response.status_code == 503
-    assert response.json()["checks"]["shards"].startswith("error: no shard heartbeat")
+    assert response.json()["checks"]["shards"] == "error"
 
     leases.beat("shard-a", "host-a", 123, 100, 1)
     assert Client().get("/healthz").status_code == 200
@@ -97,3 +97,39 @@ def test_placement_sees_live_shards_only_with_the_bots_they_hold_now(alice):
     assert leases.shard_loads(15) == {"shard-a": (100, 1), "shard-b": (50, 0)}
     leases.forget_shard("shard-a")
     assert leases.shard_loads(15) == {"shard-b": (50, 0)}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Forwarded": "for=203.0.113.9"},
+        {"X-Real-IP": "203.0.113.9"},
+        {"X-Forwarded-For": "127.0.0.1, 203.0.113.9"},
+        {"X-Forwarded-For": "127.0.0.1", "X-Real-IP": "203.0.113.9"},
+    ],
+)
+def test_metrics_believe_only_the_proxy_header_the_deployment_sets(headers):
+    """A same-host proxy forwards for someone: unless it names a loopback client in its own header, no metrics."""
+    assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics", headers=headers).status_code == 403
+    assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"}).status_code == 200
+
+
+def test_metrics_answer_plain_http_on_loopback_even_behind_https(settings):
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]  # what HTTPS=1 sets (tests/test_settings.py)
+
+    assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics").status_code == 200
+    assert Client(REMOTE_ADDR="127.0.0.1").get("/").status_code == 301, "the pages still go to HTTPS"
+
+
+def test_the_health_check_tells_anonymous_callers_ok_or_error_and_the_token_holder_why(alice, settings):
+    settings.METRICS_TOKEN = "scrape-secret"
+    bot = make_bot(alice)
+    Session.objects.filter(pk=bot.pk).update(desired_connected=True)  # waiting, and no shard beats
+
+    anonymous = Client().get("/healthz").json()
+    detailed = Client().get("/healthz", headers={"Authorization": "Bearer scrape-secret"}).json()
+
+    assert anonymous["checks"]["shards"] == "error" and anonymous["checks"]["database"] == "ok"
+    assert set(anonymous["checks"].values()) <= {"ok", "error"}, "no internal text for anonymous callers"
+    assert detailed["checks"]["shards"].startswith("error: no shard heartbeat")

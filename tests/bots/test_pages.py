@@ -590,3 +590,79 @@ def test_it_renders_live_partials_in_the_pages_language(alice):
 
     assert "Mostrar um novo QR code" in page.content.decode()
     assert SessionEvent.objects.count() == 1
+
+
+# --- Content-Security-Policy --------------------------------------------------------------------
+
+STRICT_POLICY = {
+    "default-src": "'self'",
+    "img-src": "'self' data:",
+    "style-src": "'self'",
+    "script-src": "'self'",
+    "connect-src": "'self'",
+    "frame-ancestors": "'none'",
+    "object-src": "'none'",
+    "base-uri": "'self'",
+}
+
+
+def policy_of(response) -> dict[str, str]:
+    header = response["Content-Security-Policy"]
+    return dict(part.strip().split(" ", 1) for part in header.split(";"))
+
+
+def test_every_page_has_a_strict_content_security_policy(alice, staff):
+    bot = make_bot(alice)
+    make_message(bot, "Oi!")
+    client = logged_in(alice)
+    pages = [
+        "/",
+        f"/bots/{bot.pk}/",
+        f"/bots/{bot.pk}/settings/",
+        "/bots/new/",
+        f"/bots/{bot.pk}/chats/5511999990001@s.whatsapp.net/",
+    ]
+    responses = [client.get(path) for path in pages]
+    admin = logged_in(staff)
+    responses += [Client().get("/login/"), Client().get("/admin/login/")]
+    responses += [admin.get(path) for path in ("/admin/", "/admin/bots/bot/", f"/admin/bots/bot/{bot.pk}/change/")]
+    responses.append(client.get("/no-such-page/"))
+
+    for response in responses:
+        assert response.status_code in (200, 404), response.status_code
+        assert policy_of(response) == STRICT_POLICY
+        body = response.content.decode()
+        # Nothing the policy would refuse: no inline script or style, no event handler attributes.
+        assert not re.search(r"<script(?![^>]*\b(src|type=\"application/json\")=)", body), "an inline script"
+        assert not re.search(r"<style|\sstyle=\"|\son[a-z]+=\"", body), "an inline style or handler"
+
+
+def test_the_api_docs_allow_only_swagger_uis_own_styles_and_say_where_they_are(alice):
+    response = logged_in(alice).get("/api/docs")
+
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert policy_of(response) == {**STRICT_POLICY, "style-src": "'self' 'unsafe-inline'"}
+    assert '<html lang="en">' in page and 'name="viewport"' in page
+    assert '<a href="/">' in page, "a way back to the bots"
+    assert "cdn" not in page.lower(), "Swagger UI is served from the vendored copy"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/bots/{bot}/chats/%00/", "/bots/{bot}/live?chat=%00", "/bots/{bot}/?x=%00", "/?%00=1", "/login/?next=%00"],
+)
+def test_a_nul_character_in_an_address_is_a_bad_request_not_a_server_error(alice, path):
+    """PostgreSQL cannot store a NUL: looked up, it was a 500 page (psycopg.DataError)."""
+    bot = make_bot(alice)
+
+    response = logged_in(alice).get(path.format(bot=bot.pk))
+
+    assert response.status_code == 400
+    assert "Bad request" in response.content.decode()
+
+
+def test_a_nul_character_in_an_api_address_is_a_bad_request_in_the_error_shape(alice_api):
+    response = alice_api.get("/api/bots?%00=1")
+
+    assert response.status_code == 400 and response.json()["error"]["code"] == "bad_request"

@@ -214,6 +214,22 @@ def test_it_answers_404_for_a_bot_that_is_not_the_callers(alice_api, bob_api, al
     assert (recorded(bot), recorded(gone)) == before
 
 
+BODILESS_ROUTES = [param for param in WHATSAPP_ROUTES + SIMULATOR_ROUTES if param.values[::2] == ("POST", None)]
+
+
+@transactional
+@pytest.mark.parametrize(("method", "route", "body"), BODILESS_ROUTES)
+def test_it_refuses_a_body_over_1_mib_where_it_takes_none(alice_api, alice, method, route, body):
+    bot = make_bot(alice)
+    show_qr(bot)
+    SimulatorDevice.objects.create(bot=bot, jid=DEVICE_JID, phone=PHONE)
+    before = recorded(bot)
+
+    for raw in (TOO_LARGE, b"x" * (MIB + 1)):
+        assert_error(alice_api.post(url(bot, route), raw=raw), 413, "payload_too_large")
+    assert recorded(bot) == before
+
+
 @transactional
 def test_it_refuses_a_browser_connect_without_a_csrf_token(alice, wait):
     bot = make_bot(alice)
@@ -1242,6 +1258,41 @@ def test_it_documents_the_whatsapp_and_simulator_routes(anonymous_api):
     assert {"from", "text", "chat", "mentions", "type", "timestamp"} <= set(inbound["schema"]["properties"])
 
 
+def non_null(schema: dict) -> dict:
+    """The schema of a value that may also be null (anyOf [..., null]), without the null."""
+    (branch,) = [item for item in schema.get("anyOf", [schema]) if item != {"type": "null"}]
+    return branch
+
+
+def test_it_gives_every_phone_and_jid_field_its_pattern_and_examples(anonymous_api):
+    paths = anonymous_api.get("/api/openapi.json").json()["paths"]
+
+    def body(route: str) -> dict:
+        operation = paths[f"/api/bots/{{bot_id}}/{route}"]["post"]
+        return operation["requestBody"]["content"]["application/json"]["schema"]["properties"]
+
+    (chat_query,) = [p for p in paths["/api/bots/{bot_id}/messages"]["get"]["parameters"] if p["name"] == "chat"]
+    inbound = body("simulator/inbound")
+    scan_phone = non_null(body("simulator/scan")["phone"])
+    fields = [
+        ("to", body("messages")["to"], jids.CHAT_PATTERN, jids.CHAT_EXAMPLES, jids.chat_jid),
+        ("chat (query)", chat_query["schema"], jids.CHAT_PATTERN, jids.CHAT_EXAMPLES, jids.chat_jid),
+        ("phone (pair-phone)", body("pair-phone")["phone"], jids.USER_PATTERN, jids.USER_EXAMPLES, jids.phone_digits),
+        ("phone (scan)", scan_phone, jids.USER_PATTERN, jids.USER_EXAMPLES, jids.phone_digits),
+        ("from", inbound["from"], jids.USER_PATTERN, jids.USER_EXAMPLES, jids.user_jid),
+        ("chat (inbound)", non_null(inbound["chat"]), jids.GROUP_PATTERN, jids.GROUP_EXAMPLES, jids.group_jid),
+        ("mentions", inbound["mentions"]["items"], jids.USER_PATTERN, jids.USER_EXAMPLES, jids.user_jid),
+    ]
+    for name, schema, pattern, examples, parse in fields:
+        assert schema["type"] == "string", name
+        assert schema["pattern"] == pattern, name
+        assert schema["examples"] == examples, name
+        for example in examples:
+            parse(example)
+    # A query string has no null, and a parameter left out needs no null default.
+    assert "anyOf" not in chat_query["schema"] and "default" not in chat_query["schema"]
+
+
 # --- whatsapp.jids -------------------------------------------------------------------------
 
 
@@ -1331,3 +1382,76 @@ def test_group_jid_refuses_what_is_not_a_group(value):
 def test_chat_jid_refuses_what_is_no_chat(value):
     with pytest.raises(ValueError):
         jids.chat_jid(value)
+
+
+# The OpenAPI document's patterns (whatsapp.jids) against the validators they describe: a client
+# or a tool reading the schema (Python's re, or jsonschema-rs as schemathesis does) must accept
+# exactly what the server does, surrounding spaces that str.strip() removes included.
+PATTERNS = [
+    pytest.param(jids.USER_PATTERN, jids.phone_digits, id="phone-or-user-jid"),
+    pytest.param(jids.USER_PATTERN, jids.user_jid, id="user-jid"),
+    pytest.param(jids.CHAT_PATTERN, jids.chat_jid, id="chat"),
+    pytest.param(jids.GROUP_PATTERN, jids.group_jid, id="group"),
+]
+PATTERN_SAMPLES = [
+    *INVALID_PHONE_VALUES,
+    PHONE,
+    f"+{PHONE}",
+    USER_JID,
+    DEVICE_JID,
+    GROUP,
+    "5511987654321-1600000000@g.us",
+    f" {PHONE}\n",
+    f"{PHONE}\n",
+    f"\t{GROUP}\u3000",
+    f"\x1c{PHONE}\x85",  # str.strip() removes these, which ECMA-262's \s does not match
+    f"\ufeff{PHONE}",  # and not this one, which \s matches
+    f"\u200b{PHONE}",
+    f"{PHONE}@lid",
+    f"{GROUP}\n@g.us",
+]
+
+
+def accepts(parse, value: str) -> bool:
+    try:
+        parse(value)
+    except ValueError:
+        return False
+    return True
+
+
+def pattern_verdicts(pattern: str, value: str) -> tuple[bool, bool]:
+    import jsonschema_rs
+
+    return (
+        re.search(pattern, value) is not None,
+        jsonschema_rs.validator_for({"type": "string", "pattern": pattern}).is_valid(value),
+    )
+
+
+@pytest.mark.parametrize(("pattern", "parse"), PATTERNS)
+def test_the_patterns_accept_what_the_validators_accept(pattern, parse):
+    for value in PATTERN_SAMPLES:
+        expected = accepts(parse, value)
+        assert pattern_verdicts(pattern, value) == (expected, expected), value
+
+
+@pytest.mark.parametrize(("pattern", "parse"), PATTERNS)
+def test_the_patterns_accept_what_the_validators_accept_for_any_text(pattern, parse):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    spaces = st.text(st.sampled_from(jids.SPACES + "\ufeff\u200bx"), max_size=3)
+    values = st.one_of(
+        st.from_regex(pattern),
+        st.text(max_size=40),
+        st.tuples(spaces, st.sampled_from(PATTERN_SAMPLES), spaces).map("".join),
+    )
+
+    @settings(max_examples=300, derandomize=True, database=None, deadline=None)
+    @given(values)
+    def check(value):
+        expected = accepts(parse, value)
+        assert pattern_verdicts(pattern, value) == (expected, expected)
+
+    check()

@@ -12,6 +12,7 @@ import re
 
 import pytest
 import zxingcpp
+from axe_playwright_python.sync_playwright import Axe
 from django.conf import settings
 from PIL import Image
 
@@ -262,3 +263,77 @@ def test_the_bot_list_follows_bots_created_elsewhere_without_a_reload(browser, w
     row.get_by_role("link", name="Sorveteria").wait_for()
     assert page.evaluate("window.notReloaded") is True
     assert not [e for e in errors if "oobErrorNoTarget" in e], errors
+
+
+def test_the_pages_work_under_their_content_security_policy_and_it_stops_injected_scripts(
+    browser, web, pool, alice, shot
+):
+    """No violation while an operator works (htmx, the live socket, the QR image); an injected script never runs."""
+    pool()
+    page = new_page(browser, web)
+    violations = []
+    page.on(
+        "console",
+        lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None,
+    )
+    log_in(page, "alice")
+    page.get_by_role("link", name="Create your first bot").click()
+    page.get_by_role("textbox", name="Name").fill("Floricultura")
+    page.get_by_role("button", name="Next").click()
+    page.get_by_role("button", name="Next").click()
+    page.get_by_label("Simulator").check()
+    page.get_by_role("button", name="Create and link to WhatsApp").click()
+    page.locator("#qr").wait_for()
+    page.locator("#live-mode[data-mode=live]").wait_for()
+    assert violations == [], violations
+
+    page.evaluate(
+        """() => {
+            const script = document.createElement("script");
+            script.textContent = "window.injected = true";
+            document.body.appendChild(script);
+            document.body.insertAdjacentHTML("beforeend", '<img src="data:," onerror="window.injected = true">');
+        }"""
+    )
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.injected") is None, "the policy refused the inline script and the handler"
+    assert any("script-src" in v for v in violations), violations
+
+    before_docs = len(violations)
+    page.goto("/api/docs")
+    page.locator(".swagger-ui .title").first.wait_for()
+    page.get_by_role("link", name="Your bots").wait_for()
+    shot(page, "api-docs")
+    assert violations[before_docs:] == [], "Swagger UI runs under its page's policy"
+
+
+def serious_violations(page, outside: str | None = None) -> list[str]:
+    """axe-core's serious and critical findings on the page (those of our markup, when ``outside`` is a
+    selector of markup a vendored library makes)."""
+    found = []
+    for violation in Axe().run(page).response["violations"]:
+        if violation["impact"] not in ("serious", "critical"):
+            continue
+        nodes = [
+            n
+            for n in violation["nodes"]
+            if not (outside and page.locator(n["target"][0]).evaluate(f"el => !!el.closest({json.dumps(outside)})"))
+        ]
+        if nodes:
+            found.append(f"{violation['id']}: {[n['target'] for n in nodes]}")
+    return found
+
+
+def test_the_pages_and_the_api_docs_have_no_serious_accessibility_faults(browser, web, alice):
+    page = new_page(browser, web)
+    page.goto("/login/")
+    assert serious_violations(page) == []
+    log_in(page, "alice")
+    page.get_by_text("You have no bots yet").wait_for()
+    assert serious_violations(page) == []
+
+    page.goto("/api/docs")
+    page.locator(".swagger-ui .title").first.wait_for()
+    assert page.evaluate("document.documentElement.lang") == "en"
+    # Swagger UI's own markup (vendored by django-ninja) is not ours to fix; the page around it is.
+    assert serious_violations(page, outside=".swagger-ui") == []

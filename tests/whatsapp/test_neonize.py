@@ -65,6 +65,22 @@ def text_event(text: str, *, from_me: bool = False, wa_id: str = "3EB0AAA", grou
     return neonize_events.MessageEv(Info=info, Message=message)
 
 
+def zombies_of(parent: int) -> list[str]:
+    """Children of a process that exited and were never waited for."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name, _, rest = stat.partition(") ")
+            state, ppid = rest.split()[:2]
+            if int(ppid) == parent and state == "Z":
+                found.append(name.partition(" (")[2])
+    return found
+
+
 class HandlersOnlyClient(Client):
     """A client that never dials: the test feeds the shard neonize's events itself."""
 
@@ -226,6 +242,7 @@ def test_an_offline_shard_backs_off_then_fails_and_stays_up(alice, tmp_path, sto
         assert retries.count() >= 7, "each failure is a visible retry"
         assert pool.process.poll() is None
         assert "exited with" not in pool.log(), "the shard process stayed alive"
+        assert zombies_of(pid_of("--shard-id")) == [], "neonize's import leaves no unreaped children"
         dsn = str(tmp_path / "store.sqlite3") if store == "sqlite file" else store_dsn()
         assert "whatsmeow_device" in store_tables(dsn), "the store schema was created before connecting"
     finally:

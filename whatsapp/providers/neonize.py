@@ -23,6 +23,7 @@ import concurrent.futures
 import contextlib
 import datetime
 import logging
+import os
 import threading
 import time
 import uuid
@@ -291,6 +292,19 @@ class NeonizeClient(Client):
         return response.ID
 
 
+def reap_exited_children() -> None:
+    """Wait for the children that have exited: neonize's import runs ``uname -a`` twice through
+    ``os.popen`` and never waits, which left two ``[sh] <defunct>`` in every shard. A shard starts
+    no child of its own before this runs (its first neonize import)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def _commit(commit: Commit, wa_id: str) -> None:
     with transaction.atomic():
         commit(wa_id)
@@ -335,6 +349,7 @@ class NeonizeProvider(Provider):
     def _prepare(self) -> None:
         from neonize.utils import log as neonize_log
 
+        reap_exited_children()
         # Set before any connect: Go reads it at connect time and otherwise forwards every DEBUG line.
         neonize_log.setLevel(logging.WARNING)
         migrate_store(self.dsn)
