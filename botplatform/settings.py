@@ -325,6 +325,8 @@ WHATSAPP_SHARD_CAPACITY = env.int("WHATSAPP_SHARD_CAPACITY", 1000, min=1, max=10
 # (each attempt leaks a store connection: docs/neonize.md, section 4).
 WHATSAPP_NEONIZE_CAPACITY = env.int("WHATSAPP_NEONIZE_CAPACITY", 200, min=1, max=2000)
 WHATSAPP_RECYCLE_AFTER = env.int("WHATSAPP_RECYCLE_AFTER", 50, min=1)
+# A proxy for every neonize dial (whatsmeow takes http://, https:// and socks5://).
+WHATSAPP_PROXY = env.url("WHATSAPP_PROXY", ("http", "https", "socks5"))
 # Reconnect backoff: 2 s doubling to 60 s, full jitter (docs/invariants.md, connection lifecycle).
 WHATSAPP_BACKOFF_BASE = env.float("WHATSAPP_BACKOFF_BASE", 2.0, min=0.01, max=60)
 WHATSAPP_BACKOFF_CAP = env.float("WHATSAPP_BACKOFF_CAP", 60.0, min=0.01, max=3600)

@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 MAX_FAILURES = 8
 STOP_TIMEOUT = 10.0
+# How long a dropped session may take to come back by itself before its client is replaced:
+# whatsmeow retries at 0, 2, 4, 6... s, so 90 s is about ten attempts.
+RECONNECT_WATCHDOG = 90.0
 # Inbound messages stored in one transaction at most.
 MESSAGE_BATCH = 200
 
@@ -50,6 +53,7 @@ class Phase(enum.Enum):
     QR = "qr"  # showing QR codes (and a pairing code, if asked) until a scan or the deadline
     CONNECTED = "connected"
     RETRYING = "retrying"  # the connection was lost or never made: waiting out the backoff
+    RECONNECTING = "reconnecting"  # dropped, and the library reconnects by itself, until a watchdog
     STOPPING = "stopping"  # the QR deadline passed: its stop is queued
 
 
@@ -86,6 +90,9 @@ class ShardEvents:
     def disconnected(self, bot_id, reason):
         self._put("disconnected", bot_id, reason)
 
+    def reconnecting(self, bot_id, reason):
+        self._put("reconnecting", bot_id, reason)
+
     def logged_out(self, bot_id, reason):
         self._put("logged_out", bot_id, reason)
 
@@ -98,6 +105,10 @@ class ShardEvents:
     def qr_deadline(self, bot_id):
         """Not a provider's: the shard's own, when a QR was shown too long."""
         self._put("qr_deadline", bot_id)
+
+    def reconnect_overdue(self, bot_id):
+        """The shard's own: a dropped session did not come back within RECONNECT_WATCHDOG."""
+        self._put("reconnect_overdue", bot_id)
 
 
 async def pump(shard, queue: asyncio.Queue, handling: asyncio.Lock) -> None:
@@ -148,6 +159,7 @@ class HostedBot:
     client: Client | None = None
     phase: Phase = Phase.STARTING
     qr_deadline: float | None = None
+    reconnect_deadline: float | None = None
     retry_at: float | None = None
     failures: int = 0
     paired: dict = field(default_factory=dict)
@@ -272,6 +284,11 @@ class HostedBot:
     def qr_expired(self, now: float) -> bool:
         return self.phase is Phase.QR and self.qr_deadline is not None and self.qr_deadline <= now
 
+    def reconnect_overdue(self, now: float) -> bool:
+        return (
+            self.phase is Phase.RECONNECTING and self.reconnect_deadline is not None and self.reconnect_deadline <= now
+        )
+
     # --- what its client reports (through the pump) ---
 
     async def on_qr(self, payload: str, expires_in: float, pairing_code: str) -> None:
@@ -304,7 +321,7 @@ class HostedBot:
         self.paired = {"jid": jid, "phone": phone, "push_name": push_name}
 
     async def on_connected(self) -> None:
-        self.phase, self.failures, self.qr_deadline = Phase.CONNECTED, 0, None
+        self.phase, self.failures, self.qr_deadline, self.reconnect_deadline = Phase.CONNECTED, 0, None, None
         await self.record(
             "connected",
             Status.CONNECTED,
@@ -319,8 +336,24 @@ class HostedBot:
     async def on_disconnected(self, reason: str) -> None:
         if self.phase is Phase.QR and reason == "qr_timeout":
             await self.on_qr_deadline()
-        elif self.phase in (Phase.CONNECTED, Phase.STARTING, Phase.QR):
+        elif self.phase in (Phase.CONNECTED, Phase.STARTING, Phase.QR, Phase.RECONNECTING):
             await self.connection_lost(reason)
+
+    async def on_reconnecting(self, reason: str) -> None:
+        """whatsmeow reconnects a dropped session by itself (at 0, 2, 4... s): keep the client, wait
+        for its Connected, and replace it only if none comes within RECONNECT_WATCHDOG seconds."""
+        if self.phase in (Phase.STARTING, Phase.QR):
+            await self.connection_lost(reason)  # whatsmeow reconnects only a paired session
+            return
+        if self.phase is not Phase.CONNECTED:
+            return
+        self.phase = Phase.RECONNECTING
+        self.reconnect_deadline = time.monotonic() + RECONNECT_WATCHDOG
+        await self.record("connecting", Status.CONNECTING, detail=reason, last_error=reason)
+
+    async def on_reconnect_overdue(self) -> None:
+        if self.phase is Phase.RECONNECTING:
+            await self.connection_lost(f"not reconnected within {RECONNECT_WATCHDOG:.0f} s")
 
     async def on_logged_out(self, reason: str) -> None:
         await self.end_session("logged_out", Status.LOGGED_OUT, reason, clear_device=True)

@@ -140,7 +140,7 @@ class Shard:
             await self.reconcile()
             more = await self.claim_bots()
             await self.start_due_retries()
-            self.expire_qr_codes()
+            self.expire_deadlines()
             self.check_recycle()
             await self.replies.scan()
             return more and not self.shutdown
@@ -257,12 +257,16 @@ class Shard:
         if due:
             await self.reconcile()
 
-    def expire_qr_codes(self) -> None:
+    def expire_deadlines(self) -> None:
+        """The shard's deadlines: QR codes shown too long, dropped sessions that did not come back."""
         now = time.monotonic()
         for hosted in self.hosted.values():
             if hosted.qr_expired(now):
                 hosted.phase = Phase.STOPPING
                 self.events.qr_deadline(hosted.bot_id)
+            elif hosted.reconnect_overdue(now):
+                hosted.reconnect_deadline = None
+                self.events.reconnect_overdue(hosted.bot_id)
 
     # --- inbound messages --------------------------------------------------------------
 

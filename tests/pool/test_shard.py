@@ -253,6 +253,42 @@ async def test_it_reconnects_without_a_qr_when_the_network_drops(shards, alice, 
     assert session.lease_owner == shard.shard_id and session.lease_epoch == 1
 
 
+async def test_it_keeps_the_client_while_the_library_reconnects_by_itself(shards, alice):
+    shard, bot = await connected(shards, alice)
+    hosted = shard.hosted[bot.pk]
+    client = hosted.client
+
+    # whatsmeow's Disconnected (or a keepalive timeout): it is reconnecting the same client already.
+    shard.events.reconnecting(bot.pk, "connection lost")
+    await step_until(shard, has_status(bot, Status.CONNECTING))
+    assert hosted.phase is Phase.RECONNECTING and hosted.client is client, "not replaced"
+    assert (await orm(session_row, bot)).last_error == "connection lost"
+
+    shard.events.connected(bot.pk)
+    await step_until(shard, has_status(bot, Status.CONNECTED))
+    assert hosted.client is client
+    assert await orm(events_of, bot) == [
+        ("connected", "connected"),
+        ("connecting", "connecting"),
+        ("connected", "connected"),
+    ]
+
+
+async def test_it_replaces_a_client_that_does_not_reconnect_within_the_watchdog(shards, alice, monkeypatch):
+    monkeypatch.setattr(connection, "backoff_delay", lambda failures: 0.0)
+    monkeypatch.setattr(connection, "RECONNECT_WATCHDOG", 0.0)
+    shard, bot = await connected(shards, alice)
+    client = shard.hosted[bot.pk].client
+
+    shard.events.reconnecting(bot.pk, "connection lost")
+    await step_until(shard, lambda: len(events_of(bot)) == 4)
+
+    assert [event for event, _ in await orm(events_of, bot)] == ["connected", "connecting", "connecting", "connected"]
+    replaced = await orm(SessionEvent.objects.get, session_id=bot.pk, version=3)
+    assert replaced.detail == "not reconnected within 0 s"
+    assert shard.hosted[bot.pk].client is not client, "a new client, resumed without a QR"
+
+
 async def test_it_logs_out_when_the_phone_unlinks_the_device(shards, alice):
     shard, bot = await connected(shards, alice)
 

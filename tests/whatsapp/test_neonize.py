@@ -28,7 +28,8 @@ from tests.processes import pid_of, start_pool, wait_until
 from tests.whatsapp.live import decode_qr
 from whatsapp.models import Session, SessionEvent, Status
 from whatsapp.providers.base import Client, Provider
-from whatsapp.providers.neonize import Handlers, NeonizeProvider, inbound_from
+from whatsapp.providers.neonize import NeonizeProvider
+from whatsapp.providers.neonize_events import Handlers, inbound_from
 from whatsapp.providers.store import store_dsn, with_sslmode
 from whatsapp.state import qr_image as png_data_url
 
@@ -107,7 +108,7 @@ class HandlersOnly(Provider):
 def test_it_turns_neonize_events_into_provider_events():
     bot_id = uuid.uuid4()
     events = Recorder()
-    handlers = Handlers(bot_id, events, lambda: None, None)
+    handlers = Handlers(bot_id, events, lambda client: True, None)
     payload = "2@" + "A" * 30 + "," + ",".join(["B" * 44] * 3)
 
     handlers.qr(None, payload.encode())
@@ -142,6 +143,43 @@ def test_it_turns_neonize_events_into_provider_events():
     assert kinds[6][0] == "disconnected", "a server error is retried, not the end"
 
 
+class Registry:
+    """What Handlers.register sees of a neonize client: its event decorators."""
+
+    def __init__(self) -> None:
+        self.handlers: dict = {}
+        self.event = self
+
+    def qr(self, fn) -> None:
+        self.handlers["qr"] = fn
+
+    def __call__(self, event_type):
+        return lambda fn: self.handlers.__setitem__(event_type, fn)
+
+
+def test_it_lets_whatsmeow_reconnect_and_drops_the_events_of_a_replaced_client():
+    bot_id = uuid.uuid4()
+    events = Recorder()
+    current, replaced = Registry(), Registry()
+    handlers = Handlers(bot_id, events, lambda client: client is current, None)
+    handlers.register(current)
+    handlers.register(replaced)
+    on = current.handlers
+
+    on[neonize_events.DisconnectedEv](current, neonize_events.DisconnectedEv())
+    on[neonize_events.KeepAliveTimeoutEv](current, neonize_events.KeepAliveTimeoutEv(ErrorCount=2))
+    on[neonize_events.KeepAliveRestoredEv](current, neonize_events.KeepAliveRestoredEv())
+    # A late Connected of a stopped client, and its QR: nothing.
+    replaced.handlers[neonize_events.ConnectedEv](replaced, neonize_events.ConnectedEv())
+    replaced.handlers["qr"](replaced, b"2@late")
+
+    assert events.calls == [
+        ("reconnecting", bot_id, "connection lost"),
+        ("reconnecting", bot_id, "keepalive timeout (2 unanswered)"),
+        ("connected", bot_id),
+    ]
+
+
 def test_it_reads_text_messages_and_marks_own_ones():
     inbound = inbound_from(text_event("Oi, vocês abrem hoje?"))
     assert inbound.text == "Oi, vocês abrem hoje?"
@@ -161,7 +199,7 @@ async def test_the_shard_stores_what_neonize_reports(shards, alice):
     bot = await orm(make_bot, alice, whatsapp_provider="neonize")
     await orm(Session.objects.filter(pk=bot.pk).update, desired_connected=True, status=Status.CONNECTING)
     await step_until(shard, lambda: Session.objects.filter(pk=bot.pk, lease_owner=shard.shard_id).exists())
-    handlers = Handlers(bot.pk, shard.events, lambda: None, None)
+    handlers = Handlers(bot.pk, shard.events, lambda client: True, None)
     payload = "2@" + "Q" * 30 + "," + ",".join(["K" * 44] * 3)
 
     handlers.qr(None, payload.encode())
@@ -345,7 +383,7 @@ def test_it_asks_for_the_pairing_code_from_the_first_qr():
         asked.append(client)
         return "ABCD-EFGH"
 
-    handlers = Handlers(bot_id, events, lambda: None, pair)
+    handlers = Handlers(bot_id, events, lambda client: True, pair)
     handlers.qr("the client", b"2@first")
     wait_until(lambda: events.calls, timeout=5)
     handlers.qr("the client", b"2@second")
@@ -380,7 +418,7 @@ async def test_pairing_a_number_that_another_bot_uses_is_refused(shards, alice):
     await orm(Session.objects.filter(pk=bot.pk).update, desired_connected=True, status=Status.CONNECTING)
     await step_until(shard, lambda: Session.objects.filter(pk=bot.pk, lease_owner=shard.shard_id).exists())
 
-    handlers = Handlers(bot.pk, shard.events, lambda: None, None)
+    handlers = Handlers(bot.pk, shard.events, lambda client: True, None)
     handlers.pair_status(
         None, neonize_events.PairStatusEv(ID=jid(PHONE, 9), Status=neonize_events.PairStatusEv.SUCCESS)
     )

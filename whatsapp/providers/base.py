@@ -61,6 +61,9 @@ class Events(Protocol):
 
     def disconnected(self, bot_id: uuid.UUID, reason: str) -> None: ...
 
+    def reconnecting(self, bot_id: uuid.UUID, reason: str) -> None:
+        """The connection dropped and the library is reconnecting by itself: the client stays."""
+
     def logged_out(self, bot_id: uuid.UUID, reason: str) -> None: ...
 
     def failed(self, bot_id: uuid.UUID, reason: str) -> None: ...

@@ -8,9 +8,16 @@ library aborts a whole process or leaks:
 - a client is created with a stored device JID only after the device row was
   found in whatsmeow's store (a missing one aborts the process); otherwise with
   ``new_device=True`` and a unique ``uuid``;
-- lifecycle calls (create, stop, logout) are serialized per process, and at
-  most ``max_dials`` connects are in flight at once (Go's maps are not safe);
-- Go callbacks only enqueue (``Events``); sends run on a thread of their own;
+- every call into goneonize goes through ``GoCalls`` (gocalls.py): its maps
+  have no lock, and a read beside a write aborts the process; at most
+  ``max_dials`` connects are in flight at once;
+- one client per device in this process (``take_key``), stopped explicitly:
+  neonize's finalizer, which would stop whichever client holds the key when
+  Python collects an old one, is detached;
+- a send that whatsmeow refuses as not connected is a ``NotConnected`` (the
+  reply waits for the connection), not a failure;
+- Go callbacks only enqueue (``Events``, neonize_events.py); sends run on a
+  thread of their own;
 - every connect leaks a store pool, so connect attempts are counted and the
   shard recycles itself past a threshold;
 - the store schema is migrated once, under a lock, before any client connects.
@@ -21,195 +28,31 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import datetime
 import logging
 import os
 import threading
 import time
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 
-from whatsapp.providers.base import Client, Commit, Db, Device, Events, Inbound, NotConnected, Provider
+from whatsapp.providers.base import Client, Commit, Db, Device, Events, NotConnected, Provider
+from whatsapp.providers.gocalls import GoCalls
+from whatsapp.providers.neonize_events import Handlers, jid_from_string
 from whatsapp.providers.store import delete_device, migrate_store, store_dsn, store_has_device
 
 logger = logging.getLogger(__name__)
 
-FIRST_QR_SECONDS = 60.0
-NEXT_QR_SECONDS = 20.0
 DIAL_SLOT_SECONDS = 65.0  # whatsmeow's dial deadline is 60 s
 
 
-def jid_from_string(value: str):
-    """``5511…:12@s.whatsapp.net`` as the full JID whatsmeow's GetDevice matches on."""
-    from neonize.proto.Neonize_pb2 import JID
-
-    user_device, _, server = value.partition("@")
-    user, _, device = user_device.partition(":")
-    return JID(User=user, Device=int(device or 0), Server=server, RawAgent=0, Integrator=0, IsEmpty=False)
-
-
-def jid_string(jid) -> str:
-    from neonize.utils.jid import Jid2String
-
-    return Jid2String(jid)
-
-
-def chat_string(jid) -> str:
-    from neonize.utils.jid import Jid2String, JIDToNonAD
-
-    return Jid2String(JIDToNonAD(jid))
-
-
-# --- Event translation: neonize's protobuf events into the provider interface --------
-
-
-def inbound_from(event) -> Inbound | None:
-    """A neonize MessageEv as an Inbound message; None for what is not a message for the bot."""
-    from neonize.utils.message import extract_text
-
-    info = event.Info
-    source = info.MessageSource
-    message = event.Message
-    if message.HasField("protocolMessage") or message.HasField("reactionMessage"):
-        return None
-    if message.HasField("imageMessage"):
-        kind = "image"
-    elif message.HasField("audioMessage"):
-        kind = "audio"
-    elif message.HasField("stickerMessage"):
-        kind = "sticker"
-    elif message.HasField("conversation") or message.HasField("extendedTextMessage"):
-        kind = "text"
-    else:
-        kind = "other"
-    sender = source.Sender
-    if sender.Server == "lid" and source.HasField("SenderAlt") and source.SenderAlt.User:
-        sender = source.SenderAlt
-    mentions: tuple[str, ...] = ()
-    if message.HasField("extendedTextMessage"):
-        mentions = tuple(message.extendedTextMessage.contextInfo.mentionedJID)
-    timestamp = None
-    if info.Timestamp:
-        # neonize sends milliseconds (Go UnixMilli).
-        timestamp = datetime.datetime.fromtimestamp(info.Timestamp / 1000, tz=datetime.UTC)
-    return Inbound(
-        wa_id=info.ID,
-        chat=chat_string(source.Chat),
-        sender=chat_string(sender),
-        text=extract_text(message) or "",
-        type=kind,
-        push_name=info.Pushname,
-        from_me=source.IsFromMe,
-        is_group=source.IsGroup,
-        mentions=mentions,
-        timestamp=timestamp,
-    )
-
-
-class Handlers:
-    """What one bot's neonize client calls on Go threads: translate, then only enqueue."""
-
-    def __init__(self, bot_id: uuid.UUID, events: Events, on_first_event: Callable[[], None], pair: Callable) -> None:
-        self.bot_id = bot_id
-        self.events = events
-        self.on_first_event = on_first_event
-        self.pair = pair
-        self.qr_count = 0
-        self.pairing_code = ""
-
-    def qr(self, client, data: bytes) -> None:
-        self.on_first_event()
-        self.qr_count += 1
-        payload = data.decode()
-        lifetime = FIRST_QR_SECONDS if self.qr_count == 1 else NEXT_QR_SECONDS
-        if self.qr_count == 1 and self.pair is not None:
-            # The pairing code needs the websocket up, so it is asked for from the first QR,
-            # on a thread of its own: nothing slow on Go's thread.
-            threading.Thread(target=self._pair_then_show, args=(client, payload, lifetime), daemon=True).start()
-            return
-        self.events.qr(self.bot_id, payload, lifetime, self.pairing_code)
-
-    def _pair_then_show(self, client, payload: str, lifetime: float) -> None:
-        try:
-            self.pairing_code = self.pair(client)
-        except Exception as exc:
-            logger.warning("bot %s: pairing code request failed: %s", self.bot_id, exc)
-        self.events.qr(self.bot_id, payload, lifetime, self.pairing_code)
-
-    def pair_status(self, client, event) -> None:
-        from neonize.events import PairStatusEv
-
-        if event.Status == PairStatusEv.SUCCESS:
-            self.events.paired(self.bot_id, jid_string(event.ID), event.ID.User, event.BusinessName)
-        else:
-            self.events.disconnected(self.bot_id, f"pairing failed: {event.Error or 'unknown error'}")
-
-    def connected(self, client, event) -> None:
-        self.on_first_event()
-        self.events.connected(self.bot_id)
-
-    def disconnected(self, client, event) -> None:
-        self.events.disconnected(self.bot_id, "connection lost")
-
-    def logged_out(self, client, event) -> None:
-        self.events.logged_out(
-            self.bot_id, "unlinked from the phone" if not event.OnConnect else "logged out on connect"
-        )
-
-    def stream_replaced(self, client, event) -> None:
-        self.events.failed(self.bot_id, "stream_replaced")
-
-    def temporary_ban(self, client, event) -> None:
-        from neonize.events import TemporaryBanEv
-
-        reason = TemporaryBanEv.TempBanReason.Name(event.Code) if event.Code else "unknown reason"
-        self.events.failed(self.bot_id, f"temporary_ban: {reason.lower()}, expires in {event.Expire} s")
-
-    def client_outdated(self, client, event) -> None:
-        self.events.failed(self.bot_id, "client_outdated: this neonize version is too old for WhatsApp")
-
-    def connect_failure(self, client, event) -> None:
-        from neonize.proto import Neonize_pb2 as proto
-
-        self.on_first_event()
-        reason = proto.ConnectFailureReason.Name(event.Reason) if event.Reason else "GENERIC"
-        detail = f"connect failure ({reason.lower()}){': ' + event.Message if event.Message else ''}"
-        if event.Reason in (proto.LOGGED_OUT, proto.MAIN_DEVICE_GONE, proto.UNKNOWN_LOGOUT):
-            self.events.logged_out(self.bot_id, detail)
-        elif event.Reason in (proto.TEMP_BANNED, proto.CLIENT_OUTDATED, proto.BAD_USER_AGENT):
-            self.events.failed(self.bot_id, detail)
-        else:
-            self.events.disconnected(self.bot_id, detail)
-
-    def message(self, client, event) -> None:
-        inbound = inbound_from(event)
-        if inbound is not None:
-            self.events.message(self.bot_id, inbound, None)
-
-    def register(self, client) -> None:
-        from neonize import events as ev
-
-        client.event.qr(self.qr)
-        for event_type, handler in (
-            (ev.PairStatusEv, self.pair_status),
-            (ev.ConnectedEv, self.connected),
-            (ev.DisconnectedEv, self.disconnected),
-            (ev.LoggedOutEv, self.logged_out),
-            (ev.StreamReplacedEv, self.stream_replaced),
-            (ev.TemporaryBanEv, self.temporary_ban),
-            (ev.ClientOutdatedEv, self.client_outdated),
-            (ev.ConnectFailureEv, self.connect_failure),
-            (ev.MessageEv, self.message),
-        ):
-            # Plain functions, not bound methods: neonize keeps bound methods as weak refs.
-            client.event(event_type)(lambda c, e, h=handler: h(c, e))
-
-
 # --- Clients and the provider -------------------------------------------------------
+
+
+# whatsmeow's answers to a send on a client that is not connected (now, or any more): the reply
+# waits for the connection instead of failing (pool/replies.py requeues on NotConnected).
+NOT_CONNECTED_ERRORS = ("websocket not connected", "client is nil", "the store doesn't contain a device jid")
 
 
 class NeonizeClient(Client):
@@ -217,8 +60,11 @@ class NeonizeClient(Client):
         super().__init__(device, events)
         self.provider = provider
         self.client = None
+        self.key = ""  # its uuid in goneonize's maps
         self.thread: threading.Thread | None = None
         self.stopping = False
+        # Set at the first callback or when connect() returns: the dial is over.
+        self.dial_over = threading.Event()
 
     async def start(self) -> None:
         provider = self.provider
@@ -232,34 +78,54 @@ class NeonizeClient(Client):
                 self.events.logged_out(self.bot_id, "the linked device is no longer in the store")
                 return
             jid = jid_from_string(self.device.jid)
-        self.client = await provider.run(provider.new_client, self.bot_id, jid)
-        handlers = Handlers(
-            self.bot_id, self.events, self._dial_done, self._pair if self.device.pairing_phone else None
-        )
+        # goneonize keys a resumed client by its phone number, a new one by the uuid given.
+        self.key = jid.User if jid is not None else f"bot-{self.bot_id.hex}"
+        await provider.run(provider.take_key, self)
+        if self.stopping:
+            return
+        self.client = await provider.run(provider.new_client, self.key, jid)
+        handlers = Handlers(self.bot_id, self.events, self._on_event, self._pair if self.device.pairing_phone else None)
         handlers.register(self.client)
         self.thread = threading.Thread(target=self._connect, name=f"wa-{self.bot_id.hex[:8]}", daemon=True)
         self.thread.start()
 
     def _pair(self, client) -> str:
-        return client.PairPhone(self.device.pairing_phone, True)
+        return self.provider.go.read(client.PairPhone, self.device.pairing_phone, True)
 
-    def _dial_done(self) -> None:
-        self.provider.release_dial(self)
+    def _on_event(self, client) -> bool:
+        """Go's thread, at every callback: the dial is over (a client stopped during it stops now).
+
+        Whether the event is this bot's: not once it is stopping, nor from a client it replaced.
+        """
+        if not self.dial_over.is_set():
+            self.dial_over.set()
+            self.provider.release_dial(self)
+            if self.stopping:
+                threading.Thread(target=self.provider.stop_client, args=(self,), daemon=True).start()
+        return not self.stopping and client is self.client
 
     def _connect(self) -> None:
         """The client's own thread: neonize's connect() blocks for the life of the session."""
         provider = self.provider
         if not provider.acquire_dial(self):
+            self.dial_over.set()
             return
         try:
-            self.client.connect()
+            proxy = provider.proxy_settings()
+            provider.go.connect(lambda: self.client.connect(proxy), self.dial_over)
             if not self.stopping:
                 self.events.disconnected(self.bot_id, "connection closed")
         except Exception as exc:
             if not self.stopping:
                 self.events.disconnected(self.bot_id, f"connect failed: {exc}")
         finally:
+            self.dial_over.set()
             provider.release_dial(self)
+            if self.stopping:
+                provider.stop_client(self)
+
+    def dialling(self) -> bool:
+        return self.thread is not None and self.thread.is_alive() and not self.dial_over.is_set()
 
     async def stop(self) -> None:
         if not self.stopping and self.thread is not None:
@@ -267,26 +133,36 @@ class NeonizeClient(Client):
             self.provider.leaked += 1
         self.stopping = True
         self.provider.release_dial(self)
-        if self.client is not None:
-            await self.provider.run(self.provider.lifecycle, self.client.stop)
+        if self.client is None or self.dialling():
+            # whatsmeow's Disconnect would wait for the dial (up to 60 s) with goneonize's maps locked:
+            # the dial's end (its first callback, or connect() returning) stops it instead.
+            return
+        await self.provider.run(self.provider.stop_client, self)
 
     async def logout(self) -> None:
         self.stopping = True
-        if self.client is not None and self.client.connected:
-            with contextlib.suppress(Exception):
-                await self.provider.run(self.provider.lifecycle, self.client.logout)
-        if self.client is not None:
-            await self.provider.run(self.provider.lifecycle, self.client.stop)
+        provider = self.provider
+        if self.client is not None and not self.dialling():
+            if await provider.run(provider.go.read, lambda: self.client.connected):
+                with contextlib.suppress(Exception):
+                    await provider.run(provider.go.read, self.client.logout)
+            await provider.run(provider.stop_client, self)
         if self.device.jid:
-            await self.provider.run(delete_device, self.provider.dsn, self.device.jid)
+            await provider.run(delete_device, provider.dsn, self.device.jid)
 
     async def send_text(self, to: str, text: str, commit: Commit | None = None) -> str:
         from neonize.utils.jid import build_jid
 
-        if self.client is None:
+        if self.client is None or self.stopping:
             raise NotConnected("not connected")
         user, _, server = to.partition("@")
-        response = await self.provider.run(self.client.send_message, build_jid(user, server or "s.whatsapp.net"), text)
+        jid = build_jid(user, server or "s.whatsapp.net")
+        try:
+            response = await self.provider.run(self.provider.go.read, self.client.send_message, jid, text)
+        except Exception as exc:
+            if any(error in str(exc).lower() for error in NOT_CONNECTED_ERRORS):
+                raise NotConnected(str(exc)) from exc
+            raise
         if commit is not None:
             await self.provider.db(_commit, commit, response.ID)
         return response.ID
@@ -330,7 +206,10 @@ class NeonizeProvider(Provider):
         self._dials = threading.Semaphore(max_dials)
         self._dialing: set[int] = set()
         self._dial_lock = threading.Lock()
-        self._lifecycle = threading.Lock()
+        self.go = GoCalls()
+        # The client that holds each goneonize key (a device's phone number, a new device's uuid).
+        self._holders: dict[str, NeonizeClient] = {}
+        self._holders_lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     def capacity(self) -> int:
@@ -364,20 +243,52 @@ class NeonizeProvider(Provider):
     def client(self, device: Device, events: Events) -> NeonizeClient:
         return NeonizeClient(self, device, events)
 
-    def lifecycle(self, fn: Callable[[], Any]) -> Any:
-        """Creating, stopping and logging out clients, one at a time in this process."""
-        with self._lifecycle:
-            return fn()
+    def take_key(self, client: NeonizeClient) -> None:
+        """Make ``client`` the holder of its key: one client per device in this process.
 
-    def new_client(self, bot_id: uuid.UUID, jid) -> Any:
+        A previous holder is stopped first (its dial waited for: a client whose dial succeeded after
+        another took its key would be a second connection of the device, out of goneonize's maps).
+        """
+        with self._holders_lock:
+            previous = self._holders.get(client.key)
+            self._holders[client.key] = client
+        if previous is not None and previous is not client:
+            previous.stopping = True
+            previous.dial_over.wait(DIAL_SLOT_SECONDS)
+            self.stop_client(previous, key_taken=True)
+
+    def stop_client(self, client: NeonizeClient, *, key_taken: bool = False) -> None:
+        """goneonize's Stop for this client's key, once, unless another client holds the key now."""
+        with self._holders_lock:
+            holder = self._holders.get(client.key)
+            if holder is not client and not key_taken:
+                return
+            if holder is client:
+                del self._holders[client.key]
+            stopped, client.client = client.client, None
+        if stopped is not None:
+            self.go.write(stopped.stop)
+
+    def proxy_settings(self):
+        """WHATSAPP_PROXY as neonize takes it, or None: a direct dial."""
+        from neonize._binder import ProxySettings
+
+        return ProxySettings(proxy_address=settings.WHATSAPP_PROXY) if settings.WHATSAPP_PROXY else None
+
+    def new_client(self, key: str, jid) -> Any:
         from neonize.client import NewClient
         from neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2 import DeviceProps
 
         props = DeviceProps(os="WhatsApp AI bots", platformType=DeviceProps.DESKTOP)
-        with self._lifecycle:
-            if jid is not None:
-                return NewClient(self.dsn, jid=jid, props=props)
-            return NewClient(self.dsn, props=props, uuid=f"bot-{bot_id.hex}", new_device=True)
+        if jid is not None:
+            client = NewClient(self.dsn, jid=jid, props=props)
+        else:
+            client = NewClient(self.dsn, props=props, uuid=key, new_device=True)
+        # neonize calls Go's Stop(key) when Python collects a client. By then a newer client of the
+        # same device holds the key (every reconnect makes one), and would be removed with no event:
+        # clients are stopped explicitly (stop_client), never by the collector.
+        client._stop_finalizer.detach()
+        return client
 
     def acquire_dial(self, client: NeonizeClient) -> bool:
         """At most ``max_dials`` connects in flight; each start is counted (the store leak)."""
@@ -416,4 +327,4 @@ class NeonizeProvider(Provider):
         return ""
 
 
-__all__ = ["NeonizeProvider", "inbound_from"]
+__all__ = ["NeonizeProvider"]

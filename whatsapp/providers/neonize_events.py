@@ -1,0 +1,202 @@
+"""neonize's events, as the provider interface has them: translation and the handlers of one client.
+
+Handlers run on Go's threads (one per client): they translate and enqueue, nothing slow
+(docs/neonize.md). ``inbound_from`` reads a ``MessageEv`` the way whatsmeow hands it over,
+wrappers (ephemeral, view-once, device-sent, edited) already unwrapped.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from whatsapp.providers.base import Events, Inbound
+
+logger = logging.getLogger(__name__)
+
+FIRST_QR_SECONDS = 60.0
+NEXT_QR_SECONDS = 20.0
+
+
+def jid_from_string(value: str):
+    """``5511…:12@s.whatsapp.net`` as the full JID whatsmeow's GetDevice matches on."""
+    from neonize.proto.Neonize_pb2 import JID
+
+    user_device, _, server = value.partition("@")
+    user, _, device = user_device.partition(":")
+    return JID(User=user, Device=int(device or 0), Server=server, RawAgent=0, Integrator=0, IsEmpty=False)
+
+
+def jid_string(jid) -> str:
+    from neonize.utils.jid import Jid2String
+
+    return Jid2String(jid)
+
+
+def chat_string(jid) -> str:
+    from neonize.utils.jid import Jid2String, JIDToNonAD
+
+    return Jid2String(JIDToNonAD(jid))
+
+
+# --- Event translation: neonize's protobuf events into the provider interface --------
+
+
+def inbound_from(event) -> Inbound | None:
+    """A neonize MessageEv as an Inbound message; None for what is not a message for the bot."""
+    from neonize.utils.message import extract_text
+
+    info = event.Info
+    source = info.MessageSource
+    message = event.Message
+    if message.HasField("protocolMessage") or message.HasField("reactionMessage"):
+        return None
+    if message.HasField("imageMessage"):
+        kind = "image"
+    elif message.HasField("audioMessage"):
+        kind = "audio"
+    elif message.HasField("stickerMessage"):
+        kind = "sticker"
+    elif message.HasField("conversation") or message.HasField("extendedTextMessage"):
+        kind = "text"
+    else:
+        kind = "other"
+    sender = source.Sender
+    if sender.Server == "lid" and source.HasField("SenderAlt") and source.SenderAlt.User:
+        sender = source.SenderAlt
+    mentions: tuple[str, ...] = ()
+    if message.HasField("extendedTextMessage"):
+        mentions = tuple(message.extendedTextMessage.contextInfo.mentionedJID)
+    timestamp = None
+    if info.Timestamp:
+        # neonize sends milliseconds (Go UnixMilli).
+        timestamp = datetime.datetime.fromtimestamp(info.Timestamp / 1000, tz=datetime.UTC)
+    return Inbound(
+        wa_id=info.ID,
+        chat=chat_string(source.Chat),
+        sender=chat_string(sender),
+        text=extract_text(message) or "",
+        type=kind,
+        push_name=info.Pushname,
+        from_me=source.IsFromMe,
+        is_group=source.IsGroup,
+        mentions=mentions,
+        timestamp=timestamp,
+    )
+
+
+class Handlers:
+    """What one bot's neonize client calls on Go threads: translate, then only enqueue."""
+
+    def __init__(
+        self, bot_id: uuid.UUID, events: Events, on_event: Callable[[Any], bool], pair: Callable | None
+    ) -> None:
+        self.bot_id = bot_id
+        self.events = events
+        # Called first at every callback with the neonize client it came from (its dial is over):
+        # False for a client that is no longer the bot's, whose events are dropped (a late
+        # Connected from a stopped client would make the bot "connected" with no client).
+        self.on_event = on_event
+        self.pair = pair
+        self.qr_count = 0
+        self.pairing_code = ""
+
+    def qr(self, client, data: bytes) -> None:
+        if not self.on_event(client):
+            return
+        self.qr_count += 1
+        payload = data.decode()
+        lifetime = FIRST_QR_SECONDS if self.qr_count == 1 else NEXT_QR_SECONDS
+        if self.qr_count == 1 and self.pair is not None:
+            # The pairing code needs the websocket up, so it is asked for from the first QR,
+            # on a thread of its own: nothing slow on Go's thread.
+            threading.Thread(target=self._pair_then_show, args=(client, payload, lifetime), daemon=True).start()
+            return
+        self.events.qr(self.bot_id, payload, lifetime, self.pairing_code)
+
+    def _pair_then_show(self, client, payload: str, lifetime: float) -> None:
+        try:
+            self.pairing_code = self.pair(client)
+        except Exception as exc:
+            logger.warning("bot %s: pairing code request failed: %s", self.bot_id, exc)
+        self.events.qr(self.bot_id, payload, lifetime, self.pairing_code)
+
+    def pair_status(self, client, event) -> None:
+        from neonize.events import PairStatusEv
+
+        if event.Status == PairStatusEv.SUCCESS:
+            self.events.paired(self.bot_id, jid_string(event.ID), event.ID.User, event.BusinessName)
+        else:
+            self.events.disconnected(self.bot_id, f"pairing failed: {event.Error or 'unknown error'}")
+
+    def connected(self, client, event) -> None:
+        self.events.connected(self.bot_id)
+
+    def disconnected(self, client, event) -> None:
+        # Only for a close whatsmeow did not expect, and it is reconnecting already (at 0, 2, 4... s).
+        self.events.reconnecting(self.bot_id, "connection lost")
+
+    def keepalive_timeout(self, client, event) -> None:
+        # Pings unanswered: whatsmeow reconnects by itself after a while; sends fail meanwhile.
+        self.events.reconnecting(self.bot_id, f"keepalive timeout ({event.ErrorCount} unanswered)")
+
+    def keepalive_restored(self, client, event) -> None:
+        self.events.connected(self.bot_id)
+
+    def logged_out(self, client, event) -> None:
+        self.events.logged_out(
+            self.bot_id, "unlinked from the phone" if not event.OnConnect else "logged out on connect"
+        )
+
+    def stream_replaced(self, client, event) -> None:
+        self.events.failed(self.bot_id, "stream_replaced")
+
+    def temporary_ban(self, client, event) -> None:
+        from neonize.events import TemporaryBanEv
+
+        reason = TemporaryBanEv.TempBanReason.Name(event.Code) if event.Code else "unknown reason"
+        self.events.failed(self.bot_id, f"temporary_ban: {reason.lower()}, expires in {event.Expire} s")
+
+    def client_outdated(self, client, event) -> None:
+        self.events.failed(self.bot_id, "client_outdated: this neonize version is too old for WhatsApp")
+
+    def connect_failure(self, client, event) -> None:
+        from neonize.proto import Neonize_pb2 as proto
+
+        reason = proto.ConnectFailureReason.Name(event.Reason) if event.Reason else "GENERIC"
+        detail = f"connect failure ({reason.lower()}){': ' + event.Message if event.Message else ''}"
+        if event.Reason in (proto.LOGGED_OUT, proto.MAIN_DEVICE_GONE, proto.UNKNOWN_LOGOUT):
+            self.events.logged_out(self.bot_id, detail)
+        elif event.Reason in (proto.TEMP_BANNED, proto.CLIENT_OUTDATED, proto.BAD_USER_AGENT):
+            self.events.failed(self.bot_id, detail)
+        else:
+            self.events.disconnected(self.bot_id, detail)
+
+    def message(self, client, event) -> None:
+        inbound = inbound_from(event)
+        if inbound is not None:
+            self.events.message(self.bot_id, inbound, None)
+
+    def register(self, client) -> None:
+        from neonize import events as ev
+
+        client.event.qr(self.qr)
+        for event_type, handler in (
+            (ev.PairStatusEv, self.pair_status),
+            (ev.ConnectedEv, self.connected),
+            (ev.DisconnectedEv, self.disconnected),
+            (ev.KeepAliveTimeoutEv, self.keepalive_timeout),
+            (ev.KeepAliveRestoredEv, self.keepalive_restored),
+            (ev.LoggedOutEv, self.logged_out),
+            (ev.StreamReplacedEv, self.stream_replaced),
+            (ev.TemporaryBanEv, self.temporary_ban),
+            (ev.ClientOutdatedEv, self.client_outdated),
+            (ev.ConnectFailureEv, self.connect_failure),
+            (ev.MessageEv, self.message),
+        ):
+            # Plain functions, not bound methods: neonize keeps bound methods as weak refs.
+            client.event(event_type)(lambda c, e, h=handler: h(c, e) if self.on_event(c) else None)
