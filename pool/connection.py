@@ -38,6 +38,8 @@ STOP_TIMEOUT = 10.0
 # How long a dropped session may take to come back by itself before its client is replaced:
 # whatsmeow retries at 0, 2, 4, 6... s, so 90 s is about ten attempts.
 RECONNECT_WATCHDOG = 90.0
+# From a scan to its Connected (whatsmeow reconnects once in between): a few seconds on a real phone.
+PAIRED_CONNECT_SECONDS = 30.0
 # Inbound messages stored in one transaction at most.
 MESSAGE_BATCH = 200
 
@@ -160,6 +162,7 @@ class HostedBot:
     phase: Phase = Phase.STARTING
     qr_deadline: float | None = None
     reconnect_deadline: float | None = None
+    overdue_reason: str = ""
     retry_at: float | None = None
     failures: int = 0
     paired: dict = field(default_factory=dict)
@@ -319,6 +322,14 @@ class HostedBot:
             return
         self.phone = phone
         self.paired = {"jid": jid, "phone": phone, "push_name": push_name}
+        if not await self.write(state.store_device, **self.paired):
+            return
+        # The scan is done: no QR deadline now. whatsmeow reconnects (stream error 515) and then
+        # says Connected; if it does not within PAIRED_CONNECT_SECONDS, the stored device is resumed.
+        self.qr_deadline = None
+        self.phase = Phase.RECONNECTING
+        self.reconnect_deadline = time.monotonic() + PAIRED_CONNECT_SECONDS
+        self.overdue_reason = f"paired, but not connected within {PAIRED_CONNECT_SECONDS:.0f} s"
 
     async def on_connected(self) -> None:
         self.phase, self.failures, self.qr_deadline, self.reconnect_deadline = Phase.CONNECTED, 0, None, None
@@ -349,11 +360,12 @@ class HostedBot:
             return
         self.phase = Phase.RECONNECTING
         self.reconnect_deadline = time.monotonic() + RECONNECT_WATCHDOG
+        self.overdue_reason = f"not reconnected within {RECONNECT_WATCHDOG:.0f} s"
         await self.record("connecting", Status.CONNECTING, detail=reason, last_error=reason)
 
     async def on_reconnect_overdue(self) -> None:
         if self.phase is Phase.RECONNECTING:
-            await self.connection_lost(f"not reconnected within {RECONNECT_WATCHDOG:.0f} s")
+            await self.connection_lost(self.overdue_reason)
 
     async def on_logged_out(self, reason: str) -> None:
         await self.end_session("logged_out", Status.LOGGED_OUT, reason, clear_device=True)

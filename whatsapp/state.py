@@ -128,6 +128,20 @@ def record_qr(
     )
 
 
+def store_device(bot_id: uuid.UUID, *, jid: str, phone: str, push_name: str, fence: tuple[str, int]) -> None:
+    """The device a phone just paired, kept at once (not a status change: ``connected`` follows).
+
+    whatsmeow has written its row by then; if the shard dies before ``Connected``, the next one
+    resumes this device instead of showing a new QR and leaving a ghost linked device on the phone.
+    """
+    owner, epoch = fence
+    updated = Session.objects.filter(pk=bot_id, lease_owner=owner, lease_epoch=epoch).update(
+        jid=jid, phone=phone, push_name=push_name
+    )
+    if updated != 1:
+        raise Fenced(f"{bot_id} is no longer leased to {owner}@{epoch}")
+
+
 # --- Broadcasting -------------------------------------------------------------------
 
 

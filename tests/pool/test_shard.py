@@ -321,6 +321,34 @@ async def test_it_gives_up_on_an_unscanned_qr(shards, alice, settings):
     assert shard.hosted == {}
 
 
+async def test_a_scan_keeps_the_device_at_once_and_ends_the_qr_deadline(shards, alice, settings, monkeypatch):
+    # whatsmeow: PairSuccess, then a reconnect (stream error 515), then Connected, which here never
+    # comes. A QR deadline falling in between would end in qr_timeout with the device linked.
+    settings.WHATSAPP_QR_TIMEOUT = 0.3
+    monkeypatch.setattr(connection, "PAIRED_CONNECT_SECONDS", 1.0)
+    monkeypatch.setattr(connection, "backoff_delay", lambda failures: 60.0)
+    shard = await shards()
+    bot = await orm(wanting, alice)
+    await step_until(shard, has_status(bot, Status.QR_REQUIRED))
+
+    shard.events.paired(bot.pk, "5511987654321:9@s.whatsapp.net", "5511987654321", "Padaria")
+    await step_until(shard, lambda: session_row(bot).jid != "")
+    session = await orm(session_row, bot)
+    assert (session.jid, session.phone, session.push_name) == (
+        "5511987654321:9@s.whatsapp.net",
+        "5511987654321",
+        "Padaria",
+    )
+
+    await asyncio.sleep(0.5)  # past the QR deadline
+    await step_until(shard, has_status(bot, Status.CONNECTING))
+    assert [e for e, _ in await orm(events_of, bot)] == ["qr", "connecting"], "no qr_timeout"
+    lost = await orm(SessionEvent.objects.get, session_id=bot.pk, version=2)
+    assert lost.detail == "paired, but not connected within 1 s"
+    session = await orm(session_row, bot)
+    assert session.jid == "5511987654321:9@s.whatsapp.net", "the retry resumes the device, no new QR"
+
+
 def taken_by_someone_else(bot: Bot) -> None:
     """Another shard holds the bot's lease now (a take-over this shard has not noticed yet)."""
     Session.objects.filter(pk=bot.pk).update(

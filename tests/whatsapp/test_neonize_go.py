@@ -132,6 +132,26 @@ def test_a_dial_into_a_black_hole_does_not_hold_another_bots_send(provider):
         provider.go.write(registered.stop)
 
 
+def test_it_asks_for_a_pairing_code_in_a_display_name_whatsapp_accepts(provider):
+    from neonize.proto import Neonize_pb2
+
+    client = provider.new_client("pairing", None)
+    sent = []
+
+    class Go:
+        """neonize's binding to goneonize, for this client: what PairPhone hands to Go."""
+
+        def PairPhone(self, key, payload, size):
+            sent.append(Neonize_pb2.PairPhoneParams.FromString(payload))
+            return Neonize_pb2.PairPhoneReturnFunction(Code="ABCD-EFGH").SerializeToString()
+
+    client._NewClient__client = Go()
+    bot = provider.client(Device(bot_id=uuid.uuid4(), pairing_phone=PHONE), Recorder())
+
+    assert bot._pair(client) == "ABCD-EFGH"
+    assert (sent[0].phone, sent[0].clientDisplayName) == (PHONE, "Chrome (Linux)")
+
+
 async def test_a_bot_stopped_while_dialling_stops_at_once_and_leaves_goneonize_when_the_dial_ends(provider, settings):
     hole = BlackHole()
     settings.WHATSAPP_PROXY = hole.proxy.proxy_address

@@ -90,7 +90,13 @@ class NeonizeClient(Client):
         self.thread.start()
 
     def _pair(self, client) -> str:
-        return self.provider.go.read(client.PairPhone, self.device.pairing_phone, True)
+        from neonize.utils.enum import ClientName, ClientType
+
+        # The display name must be `Browser (OS)` from WhatsApp's short list, or the server refuses
+        # the code and the phone shows nothing (whatsmeow pair-code.go). neonize builds it from these
+        # two: "Chrome (Linux)". Its default, from the device's platform, gave "Electron (Linux)".
+        phone = self.device.pairing_phone
+        return self.provider.go.read(client.PairPhone, phone, True, ClientName.LINUX, ClientType.CHROME)
 
     def _on_event(self, client) -> bool:
         """Go's thread, at every callback: the dial is over (a client stopped during it stops now).
