@@ -15,11 +15,11 @@ concurrent reads) and held alone by those that write them:
   stop signal first, the event channel once the store is open, the client after
   ``whatsmeow.NewClient``; then ``client.Connect()``), and a dial into a black hole takes 60 s,
   so the lock is not held for the dial: it is released at the client's first sign of life (a QR,
-  an event, the call's return) or after ``SETUP_SECONDS``, whichever comes first. Measured from the
-  call to the proxy's accept, through a black-holed loopback proxy: 11-15 ms with the store
-  migrated before, 130 ms for a store created on the spot (the provider migrates it before any
-  client connects). A send waits behind a dial at most that long; tests/whatsapp/test_neonize_go.py
-  shows a send not held by a dial into a black hole.
+  an event, the call's return) or after ``SETUP_SECONDS``, whichever comes first. Measured offline,
+  from the call to the dial reaching a loopback proxy (or failing at a refused one): 11-15 ms,
+  once 133 ms (the first run after the machine started). A send waits behind a dial at most
+  ``SETUP_SECONDS``; tests/whatsapp/test_neonize_go.py shows a send not held by a dial into a
+  black hole.
 
 Two windows stay open, stated in the README: a store slower to open than ``SETUP_SECONDS`` (a
 stalled database) lets the lock go before the maps are written; and Go reads the maps itself,
