@@ -193,6 +193,24 @@ def test_it_reads_text_messages_and_marks_own_ones():
     assert group.is_group and group.chat.endswith("@g.us") and group.mentions == (f"{PHONE}@s.whatsapp.net",)
 
 
+def message_event(message: WAMessage):
+    event = text_event("")
+    event.Message.CopyFrom(message)
+    return event
+
+
+def test_it_reads_the_caption_of_a_video_or_a_document_as_text():
+    from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import DocumentMessage, VideoMessage
+
+    video = inbound_from(message_event(WAMessage(videoMessage=VideoMessage(caption="Quanto custa este?"))))
+    document = inbound_from(message_event(WAMessage(documentMessage=DocumentMessage(caption="Segue o pedido"))))
+    bare = inbound_from(message_event(WAMessage(videoMessage=VideoMessage(seconds=12))))
+
+    assert (video.type, video.text) == ("text", "Quanto custa este?")
+    assert (document.type, document.text) == ("text", "Segue o pedido")
+    assert (bare.type, bare.text) == ("other", ""), "a video without words is not a question"
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_the_shard_stores_what_neonize_reports(shards, alice):
     shard = await shards(providers={"neonize": HandlersOnly()})

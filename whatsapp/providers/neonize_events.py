@@ -63,6 +63,10 @@ def inbound_from(event) -> Inbound | None:
         kind = "sticker"
     elif message.HasField("conversation") or message.HasField("extendedTextMessage"):
         kind = "text"
+    elif message.HasField("videoMessage") or message.HasField("documentMessage"):
+        # A caption is the customer's words, read as text (whatsmeow has unwrapped a document
+        # sent with a caption already); the file itself is not read.
+        kind = "text" if extract_text(message).strip() else "other"
     else:
         kind = "other"
     sender = source.Sender
