@@ -157,6 +157,27 @@ class Registry:
         return lambda fn: self.handlers.__setitem__(event_type, fn)
 
 
+def test_it_says_why_whatsapp_logged_a_bot_out():
+    bot_id = uuid.uuid4()
+    events = Recorder()
+    handlers = Handlers(bot_id, events, lambda client: True, None)
+
+    for on_connect, reason in (
+        (False, proto.LOGGED_OUT),  # stream error 401 device_removed: unlinked on the phone
+        (True, proto.LOGGED_OUT),
+        (True, proto.MAIN_DEVICE_GONE),
+        (True, proto.UNKNOWN_LOGOUT),
+    ):
+        handlers.logged_out(None, neonize_events.LoggedOutEv(OnConnect=on_connect, Reason=reason))
+
+    assert [call[2] for call in events.calls] == [
+        "unlinked from the phone",
+        "unlinked from the phone",
+        "the WhatsApp account is locked (403): open WhatsApp on the phone",
+        "the number is banned from WhatsApp (406)",
+    ]
+
+
 def test_it_lets_whatsmeow_reconnect_and_drops_the_events_of_a_replaced_client():
     bot_id = uuid.uuid4()
     events = Recorder()

@@ -152,9 +152,16 @@ class Handlers:
         self.events.connected(self.bot_id)
 
     def logged_out(self, client, event) -> None:
-        self.events.logged_out(
-            self.bot_id, "unlinked from the phone" if not event.OnConnect else "logged out on connect"
-        )
+        from neonize.proto import Neonize_pb2 as proto
+
+        # whatsmeow's codes (connectionevents.go): 401 unlinked, 403 locked, 406 banned; the store
+        # row is deleted in every case. What the operator can do differs: say which.
+        reasons = {
+            proto.MAIN_DEVICE_GONE: "the WhatsApp account is locked (403): open WhatsApp on the phone",
+            proto.UNKNOWN_LOGOUT: "the number is banned from WhatsApp (406)",
+        }
+        reason = reasons.get(event.Reason) if event.OnConnect else None
+        self.events.logged_out(self.bot_id, reason or "unlinked from the phone")
 
     def stream_replaced(self, client, event) -> None:
         self.events.failed(self.bot_id, "stream_replaced")
