@@ -232,6 +232,25 @@ def test_it_reads_the_caption_of_a_video_or_a_document_as_text():
     assert (bare.type, bare.text) == ("other", ""), "a video without words is not a question"
 
 
+def test_a_caption_or_a_quoted_reply_addresses_whom_it_names():
+    from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import ImageMessage
+
+    bot = f"{PHONE}@s.whatsapp.net"
+    photo = WAMessage(imageMessage=ImageMessage(caption="@bot tem esse?", contextInfo=ContextInfo(mentionedJID=[bot])))
+    reply = WAMessage(
+        extendedTextMessage=ExtendedTextMessage(
+            text="e amanhã?",
+            contextInfo=ContextInfo(
+                participant=bot, stanzaID="3EB0BOT", quotedMessage=WAMessage(conversation="Abrimos às 8h")
+            ),
+        )
+    )
+
+    assert inbound_from(message_event(photo)).mentions == (bot,)
+    assert inbound_from(message_event(reply)).mentions == (bot,), "a reply to the bot's message"
+    assert inbound_from(text_event("bom dia")).mentions == ()
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_the_shard_stores_what_neonize_reports(shards, alice):
     shard = await shards(providers={"neonize": HandlersOnly()})

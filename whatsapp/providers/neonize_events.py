@@ -46,6 +46,25 @@ def chat_string(jid) -> str:
 # --- Event translation: neonize's protobuf events into the provider interface --------
 
 
+def addressed(message) -> tuple[str, ...]:
+    """Whom a message addresses: the JIDs it mentions, and the author of the message it quotes
+    (a reply to the bot's own message addresses the bot, in a group too).
+
+    Read from the context info of whatever the message is: a text, or a photo's, video's or
+    document's caption, each of which carries its own.
+    """
+    found: list[str] = []
+    for _, content in message.ListFields():
+        fields = getattr(getattr(content, "DESCRIPTOR", None), "fields_by_name", {})
+        if "contextInfo" not in fields or not content.HasField("contextInfo"):
+            continue
+        context = content.contextInfo
+        found.extend(context.mentionedJID)
+        if context.HasField("quotedMessage") and context.participant:
+            found.append(context.participant)
+    return tuple(dict.fromkeys(found))
+
+
 def inbound_from(event) -> Inbound | None:
     """A neonize MessageEv as an Inbound message; None for what is not a message for the bot."""
     from neonize.utils.message import extract_text
@@ -72,9 +91,7 @@ def inbound_from(event) -> Inbound | None:
     sender = source.Sender
     if sender.Server == "lid" and source.HasField("SenderAlt") and source.SenderAlt.User:
         sender = source.SenderAlt
-    mentions: tuple[str, ...] = ()
-    if message.HasField("extendedTextMessage"):
-        mentions = tuple(message.extendedTextMessage.contextInfo.mentionedJID)
+    mentions = addressed(message)
     timestamp = None
     if info.Timestamp:
         # neonize sends milliseconds (Go UnixMilli).
