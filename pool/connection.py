@@ -345,9 +345,7 @@ class HostedBot:
         self.paired = {}
 
     async def on_disconnected(self, reason: str) -> None:
-        if self.phase is Phase.QR and reason == "qr_timeout":
-            await self.on_qr_deadline()
-        elif self.phase in (Phase.CONNECTED, Phase.STARTING, Phase.QR, Phase.RECONNECTING):
+        if self.phase in (Phase.CONNECTED, Phase.STARTING, Phase.QR, Phase.RECONNECTING):
             await self.connection_lost(reason)
 
     async def on_reconnecting(self, reason: str) -> None:

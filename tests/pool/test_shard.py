@@ -36,6 +36,7 @@ from tests.hosting import (
 )
 from tests.whatsapp.live import QR_PAYLOAD, decode_qr
 from whatsapp.models import Session, SessionEvent, SimulatorCommand, SimulatorDevice, SimulatorInbound, Status
+from whatsapp.providers import simulator
 from whatsapp.providers.base import Client, Device, Events, Provider
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
@@ -347,6 +348,23 @@ async def test_a_scan_keeps_the_device_at_once_and_ends_the_qr_deadline(shards, 
     assert lost.detail == "paired, but not connected within 1 s"
     session = await orm(session_row, bot)
     assert session.jid == "5511987654321:9@s.whatsapp.net", "the retry resumes the device, no new QR"
+
+
+async def test_codes_that_run_out_say_nothing_and_the_shards_deadline_ends_the_attempt(
+    shards, alice, settings, monkeypatch
+):
+    # whatsmeow sends no event when its QR codes run out: only the shard's own deadline ends it.
+    monkeypatch.setattr(simulator, "QR_LIFETIMES", (0.05,) * 6)
+    settings.WHATSAPP_QR_TIMEOUT = 1.5
+    shard = await shards()
+    bot = await orm(wanting, alice)
+    await step_until(shard, has_status(bot, Status.QR_REQUIRED))
+    shown = asyncio.get_running_loop().time()
+
+    await step_until(shard, ended(bot, Status.QR_TIMEOUT))
+
+    assert asyncio.get_running_loop().time() - shown >= 1.0, "not when the codes ran out (0.3 s)"
+    assert [e for e, _ in await orm(events_of, bot)] == ["qr"] * 6 + ["qr_timeout"]
 
 
 def taken_by_someone_else(bot: Bot) -> None:

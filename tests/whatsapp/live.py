@@ -14,7 +14,11 @@ from websockets.sync.client import connect
 
 from tests.processes import Web, wait_until
 
-QR_PAYLOAD = re.compile(r"^2@[A-Za-z0-9+/=]+,[A-Za-z0-9+/=]{44},[A-Za-z0-9+/=]{44},[A-Za-z0-9+/=]{44}$")
+# whatsmeow's QR payload today (pair.go, makeQRData): a wa.me link, the server's ref, three keys, a client type.
+QR_PAYLOAD = re.compile(
+    r"^https://wa\.me/settings/linked_devices#2@[A-Za-z0-9+/=]+,[A-Za-z0-9+/=]{44},[A-Za-z0-9+/=]{44},"
+    r"[A-Za-z0-9+/=]{44},[0-9]+$"
+)
 
 
 def decode_qr(data_url: str) -> str:

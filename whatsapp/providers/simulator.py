@@ -34,10 +34,19 @@ LIVE_WINDOW_SECONDS = 6.0
 PAIRING_ALPHABET = "ABCDEFGHJKLMNPQRSTVWXYZ0123456789"
 
 
+# What whatsmeow puts before a QR code's fields today (pair.go, makeQRData): a link the phone's
+# camera opens in WhatsApp.
+QR_PREFIX = "https://wa.me/settings/linked_devices#"
+# The client type, last: whatsmeow's PairClientType for the platform the device says it is
+# (PairClientOtherWebClient, "9", for a web client).
+QR_CLIENT_TYPE = "9"
+
+
 def qr_payload(keys: tuple[str, str, str]) -> str:
-    """A payload shaped like WhatsApp's: ``2@<ref>,<noise key>,<identity key>,<adv secret>``."""
+    """A payload shaped like whatsmeow's: the link, then ``<ref>,<noise key>,<identity key>,<adv
+    secret>,<client type>``, the ref being the server's ``2@...`` string."""
     ref = "2@" + base64.b64encode(os.urandom(36)).decode()
-    return ",".join((ref, *keys))
+    return QR_PREFIX + ",".join((ref, *keys, QR_CLIENT_TYPE))
 
 
 def pairing_code() -> str:
@@ -205,8 +214,9 @@ class SimulatorClient(Client):
             self.valid_codes = [payload, *self.valid_codes[:1]]
             self.events.qr(self.bot_id, payload, lifetime, self.pairing_code)
             await asyncio.sleep(lifetime)
+        # As whatsmeow: the codes run out, it disconnects, and Python hears nothing (qrchan.go). The
+        # shard's own QR deadline (WHATSAPP_QR_TIMEOUT, at most the codes' 160 s) ends the attempt.
         self.showing_qr = False
-        self.events.disconnected(self.bot_id, "qr_timeout")
 
     def _cancel_qr(self) -> None:
         self.showing_qr = False
