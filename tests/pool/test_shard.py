@@ -90,6 +90,14 @@ async def test_it_shows_a_pairing_code_when_asked_while_a_qr_shows(shards, alice
     assert session.phone == "5511987654321" and session.pairing_phone == ""
 
 
+def test_pairing_codes_are_written_in_whatsmeows_alphabet():
+    codes = [simulator.pairing_code() for _ in range(200)]
+
+    assert all(len(code) == 9 and code[4] == "-" for code in codes)
+    # linkingBase32 (whatsmeow pair-code.go): a phone never shows 0, O, I or U in a code.
+    assert set("".join(codes).replace("-", "")) <= set("123456789ABCDEFGHJKLMNPQRSTVWXYZ")
+
+
 async def test_it_stops_cleanly_and_another_shard_resumes_without_a_qr(shards, alice):
     shard, bot = await connected(shards, alice)
 

@@ -31,7 +31,8 @@ QR_LIFETIMES = (60.0, 20.0, 20.0, 20.0, 20.0, 20.0)
 HEARTBEAT_SECONDS = 2.0
 # A connection seen this recently is alive: a second one for the same device is a stream replaced.
 LIVE_WINDOW_SECONDS = 6.0
-PAIRING_ALPHABET = "ABCDEFGHJKLMNPQRSTVWXYZ0123456789"
+# whatsmeow's pairing-code alphabet (pair-code.go, linkingBase32): no 0, O, I or U.
+PAIRING_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"
 
 
 # What whatsmeow puts before a QR code's fields today (pair.go, makeQRData): a link the phone's
