@@ -137,7 +137,10 @@ def test_it_turns_neonize_events_into_provider_events():
     assert kinds[0] == ("connected", None)
     assert kinds[1] == ("logged_out", "unlinked from the phone")
     assert kinds[2] == ("failed", "stream_replaced")
-    assert kinds[3][0] == "failed" and kinds[3][1].startswith("temporary_ban: blocked_by_users")
+    assert kinds[3][0] == "failed" and kinds[3][1].startswith("temporary_ban: blocked_by_users, until ")
+    until = kinds[3][1].split("until ")[1][:16]
+    ends = datetime.datetime.strptime(until, "%Y-%m-%d %H:%M").replace(tzinfo=datetime.UTC)
+    assert abs((ends - datetime.datetime.now(datetime.UTC)).total_seconds() - 3600) < 120, "the time the ban ends"
     assert kinds[4][0] == "failed" and kinds[4][1].startswith("client_outdated")
     assert kinds[5][0] == "logged_out"
     assert kinds[6][0] == "disconnected", "a server error is retried, not the end"

@@ -187,7 +187,10 @@ class Handlers:
         from neonize.events import TemporaryBanEv
 
         reason = TemporaryBanEv.TempBanReason.Name(event.Code) if event.Code else "unknown reason"
-        self.events.failed(self.bot_id, f"temporary_ban: {reason.lower()}, expires in {event.Expire} s")
+        # Expire is how long the ban lasts, in seconds: the operator needs the time it ends.
+        ends = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=event.Expire)
+        until = ends.strftime("%Y-%m-%d %H:%M UTC")
+        self.events.failed(self.bot_id, f"temporary_ban: {reason.lower()}, until {until} ({event.Expire} s)")
 
     def client_outdated(self, client, event) -> None:
         self.events.failed(self.bot_id, "client_outdated: this neonize version is too old for WhatsApp")
