@@ -10,20 +10,21 @@ handshake (``botplatform.handshake``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from asgiref.sync import iscoroutinefunction
 from django.core.exceptions import BadRequest
 from django.http import HttpRequest, HttpResponse
 from django.utils.decorators import sync_and_async_middleware
 
 
-def holds_nul(request: HttpRequest) -> bool:
-    if "\x00" in request.path:
-        return True
-    return any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists())
+def holds_nul(path: str, query: Iterable[tuple[str, str]]) -> bool:
+    """A NUL character in a path or in a query's names and values (decoded): a request's or a handshake's."""
+    return "\x00" in path or any("\x00" in name or "\x00" in value for name, value in query)
 
 
 def check(request: HttpRequest) -> None:
-    if holds_nul(request):
+    if holds_nul(request.path, ((name, value) for name, values in request.GET.lists() for value in values)):
         raise BadRequest("The address holds a NUL character.")
 
 

@@ -25,6 +25,8 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
 
+from botplatform.guards import holds_nul
+
 DENIAL = "websocket.http.response"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -83,12 +85,6 @@ def origin_allowed(scope) -> bool:
     return False
 
 
-def holds_nul(scope) -> bool:
-    """A NUL character in the path or the query: text the database cannot store (botplatform/guards.py)."""
-    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-    return "\x00" in scope.get("path", "") or any("\x00" in key + value for key, value in query)
-
-
 class Handshake:
     """The WebSocket side of the ASGI application: a route and an Origin checked, then the consumers."""
 
@@ -105,7 +101,8 @@ class Handshake:
         return any(route.pattern.match(path) for route in self.router.routes)
 
     async def __call__(self, scope, receive, send) -> None:
-        if holds_nul(scope):
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        if holds_nul(scope.get("path", ""), query):
             await deny(scope, receive, send, http.HTTPStatus.BAD_REQUEST)
         elif not self.has_route(scope):
             await deny(scope, receive, send, http.HTTPStatus.NOT_FOUND)

@@ -167,14 +167,20 @@ def start_web(**env: str | None) -> Web:
         process_env(**env),
     ).start()
 
+    wait_listening(proc, port, timeout=20)
+    return Web(proc, port)
+
+
+def wait_listening(proc, port: int, *, timeout: float) -> None:
+    """Until ``proc`` accepts connections on the loopback ``port``; its log if it exits first."""
+
     def up() -> bool:
         if proc.process.poll() is not None:
-            raise AssertionError(f"daphne exited early:\n{proc.log()}")
+            raise AssertionError(f"{proc.name} exited early:\n{proc.log()}")
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", port)) == 0
 
-    wait_until(up, timeout=20, message="daphne did not start listening")
-    return Web(proc, port)
+    wait_until(up, timeout=timeout, message=f"{proc.name} did not start listening")
 
 
 def pid_of(marker: str) -> int:

@@ -39,7 +39,7 @@ from websockets.sync.client import connect
 
 from bots.models import ApiToken
 from tests.helpers import make_bot, make_user
-from tests.processes import ROOT, Proc, Web, free_port, start_web, wait_until
+from tests.processes import ROOT, Proc, Web, free_port, start_web, wait_listening, wait_until
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
@@ -168,14 +168,7 @@ def edge_factory(nginx, static_root, tmp_path) -> Iterator:
         site = render_site(port=port, upstream=web.port, static_root=static_root, tls=tls_args)
         proc = start_nginx(nginx, tmp_path / "nginx", site)
         started.append(proc)
-
-        def up() -> bool:
-            if proc.process.poll() is not None:
-                raise AssertionError(f"nginx exited early:\n{proc.log()}")
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", port)) == 0
-
-        wait_until(up, timeout=10, message="nginx did not start listening")
+        wait_listening(proc, port, timeout=10)
         return Edge(web, proc, port, tls_port)
 
     yield start
