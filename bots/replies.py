@@ -67,8 +67,9 @@ class Decision:
 
 
 def mentions_bot(message: Message, session: Session) -> bool:
-    own = {user for user in (jids.user_of(session.jid), session.phone) if user}
-    return any(jids.user_of(str(jid)) in own for jid in message.mentions or ())
+    """Whether a message names the bot: by its phone JID, or by its LID in a LID-addressed group."""
+    own = {jid for jid in (jids.account_jid(session.jid, session.phone), session.lid) if jid}
+    return any(jids.bare(str(jid)) in own for jid in message.mentions or ())
 
 
 def received_at(message: Message) -> datetime.datetime:

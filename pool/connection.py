@@ -86,8 +86,8 @@ class ShardEvents:
     def paired(self, bot_id, jid, phone, push_name):
         self._put("paired", bot_id, jid, phone, push_name)
 
-    def connected(self, bot_id):
-        self._put("connected", bot_id)
+    def connected(self, bot_id, lid=""):
+        self._put("connected", bot_id, lid)
 
     def disconnected(self, bot_id, reason):
         self._put("disconnected", bot_id, reason)
@@ -254,7 +254,7 @@ class HostedBot:
         await self.stop_client()
         changes: dict = {"desired_connected": False, "logout_requested": False, "last_error": reason}
         if clear_device:
-            changes.update(jid="", phone="", push_name="")
+            changes.update(jid="", phone="", push_name="", lid="")
         if status == Status.FAILED:
             changes["failures"] = self.failures
         await self.record(event, status, detail=reason, **changes)
@@ -331,7 +331,7 @@ class HostedBot:
         self.reconnect_deadline = time.monotonic() + PAIRED_CONNECT_SECONDS
         self.overdue_reason = f"paired, but not connected within {PAIRED_CONNECT_SECONDS:.0f} s"
 
-    async def on_connected(self) -> None:
+    async def on_connected(self, lid: str = "") -> None:
         self.phase, self.failures, self.qr_deadline, self.reconnect_deadline = Phase.CONNECTED, 0, None, None
         await self.record(
             "connected",
@@ -341,6 +341,8 @@ class HostedBot:
             last_error="",
             pairing_phone="",
             **self.paired,
+            # The account's own LID, when the library knows it: a mention by LID is one of the bot.
+            **({"lid": lid} if lid else {}),
         )
         self.paired = {}
 

@@ -21,7 +21,7 @@ class SessionEventInline(admin.TabularInline):
 class SessionAdmin(admin.ModelAdmin):
     list_display = ["bot", "status", "desired_connected", "phone", "lease_owner", "failures", "updated_at"]
     list_filter = ["status", "desired_connected", "bot__whatsapp_provider"]
-    search_fields = ["bot__name", "bot__owner__username", "phone", "jid", "push_name"]
+    search_fields = ["bot__name", "bot__owner__username", "phone", "jid", "lid", "push_name"]
     list_select_related = ["bot"]
     # Connection internals are written by the pool through one path (invariant 2).
     readonly_fields = [f.name for f in Session._meta.fields]

@@ -5,6 +5,9 @@ import datetime
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from whatsapp import jids
+from whatsapp.providers.base import Inbound
+
 
 class Status(models.TextChoices):
     DISCONNECTED = "disconnected", _("disconnected")
@@ -38,6 +41,9 @@ class Session(models.Model):
     pairing_phone = models.CharField(_("pairing phone"), max_length=20, blank=True)
     pairing_code = models.CharField(_("pairing code"), max_length=9, blank=True)
     jid = models.CharField(_("device JID"), max_length=128, blank=True)
+    # The account's LID (``<lid>@lid``), as whatsmeow knows it once connected: mentions in
+    # LID-addressed groups name the bot by it.
+    lid = models.CharField(_("LID"), max_length=128, blank=True)
     phone = models.CharField(_("phone"), max_length=20, blank=True)
     push_name = models.CharField(_("push name"), max_length=128, blank=True)
     last_error = models.CharField(_("last error"), max_length=500, blank=True)
@@ -162,6 +168,9 @@ class SimulatorInbound(models.Model):
     wa_id = models.CharField(max_length=128)
     chat = models.CharField(max_length=128)
     sender = models.CharField(max_length=128)
+    # The phone JID of a sender (with from_me, of the customer) addressed by LID: whatsmeow's
+    # SenderAlt (RecipientAlt), when WhatsApp gives it.
+    sender_alt = models.CharField(max_length=128, blank=True)
     push_name = models.CharField(max_length=128, blank=True)
     from_me = models.BooleanField(default=False)
     type = models.CharField(max_length=16, default="text")
@@ -176,6 +185,22 @@ class SimulatorInbound(models.Model):
 
     def __str__(self) -> str:
         return f"{self.wa_id} from {self.sender}"
+
+    def inbound(self) -> Inbound:
+        """The message as the simulated library hands it to the shard: keyed as neonize keys one."""
+        chat, sender = jids.conversation(self.chat, self.sender, sender_alt=self.sender_alt)
+        return Inbound(
+            wa_id=self.wa_id,
+            chat=chat,
+            sender=sender,
+            text=self.text,
+            type=self.type,
+            push_name=self.push_name,
+            from_me=self.from_me,
+            is_group=jids.is_group(chat),
+            mentions=tuple(self.mentions),
+            timestamp=self.timestamp,
+        )
 
 
 class SimulatorSent(models.Model):

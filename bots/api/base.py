@@ -55,7 +55,8 @@ def described(pattern: str, examples: list[str]) -> FieldInfo:
 
 
 # Phone numbers and JIDs (docs/api.md), checked by whatsapp.jids; their patterns are made of the same rules.
-PhoneDigits = Annotated[str, AfterValidator(jids.phone_digits), described(jids.USER_PATTERN, jids.USER_EXAMPLES)]
+PhoneDigits = Annotated[str, AfterValidator(jids.phone_digits), described(jids.PHONE_PATTERN, jids.PHONE_EXAMPLES)]
+PhoneJid = Annotated[str, AfterValidator(jids.phone_jid), described(jids.PHONE_PATTERN, jids.PHONE_EXAMPLES)]
 UserJid = Annotated[str, AfterValidator(jids.user_jid), described(jids.USER_PATTERN, jids.USER_EXAMPLES)]
 ChatJid = Annotated[str, AfterValidator(jids.chat_jid), described(jids.CHAT_PATTERN, jids.CHAT_EXAMPLES)]
 GroupJid = Annotated[str, AfterValidator(jids.group_jid), described(jids.GROUP_PATTERN, jids.GROUP_EXAMPLES)]

@@ -17,9 +17,10 @@ from ninja import Status as Answer
 from pydantic import ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from botplatform.api import ApiError, parse_body, read_body
-from bots.api.base import ERRORS, WHOLE, Error, GroupJid, PhoneDigits, UserJid, find_bot, json_body
+from bots.api.base import ERRORS, WHOLE, Error, GroupJid, PhoneDigits, PhoneJid, UserJid, find_bot, json_body
 from bots.control import nudge_shards
 from bots.models import Bot, Provider
+from whatsapp import jids
 from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent, Status, rfc3339
 from whatsapp.providers.simulator import new_message_id
 
@@ -48,6 +49,8 @@ class InboundIn(Schema):
         },
     )
     from_: UserJid = Field(alias="from")
+    # The phone JID of a `from` that is a LID, as WhatsApp gives it beside (whatsmeow's SenderAlt).
+    senderAlt: PhoneJid | None = None
     # Before `text`, whose validator reads it: an error then names the field `text`.
     type: Literal["text", "image", "audio", "sticker"] = "text"
     text: Annotated[str, StringConstraints(max_length=65536)] = Field("", validate_default=True)
@@ -57,6 +60,17 @@ class InboundIn(Schema):
     chat: GroupJid | None = None
     mentions: list[UserJid] = Field(default_factory=list, max_length=256)
     timestamp: Annotated[int, Field(ge=0, le=10**14), WHOLE] | None = None
+
+    @field_validator("senderAlt")
+    @classmethod
+    def alt_of_a_lid(cls, alt: str | None, info: ValidationInfo) -> str | None:
+        # An invalid `from` is not in info.data: that error alone is reported.
+        sender = info.data.get("from_")
+        if alt is not None and sender is not None and not jids.is_lid(sender):
+            raise ValueError(
+                "senderAlt is the phone JID of a sender addressed by LID: give it only when from is a @lid JID."
+            )
+        return alt
 
     @field_validator("text")
     @classmethod
@@ -148,6 +162,7 @@ def inbound(request: HttpRequest, bot_id: uuid.UUID):
         wa_id=wa_id,
         chat=data.chat or data.from_,
         sender=data.from_,
+        sender_alt=data.senderAlt or "",
         push_name=data.pushName,
         from_me=data.fromMe,
         type=data.type,

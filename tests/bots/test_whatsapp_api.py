@@ -1277,9 +1277,10 @@ def test_it_gives_every_phone_and_jid_field_its_pattern_and_examples(anonymous_a
     fields = [
         ("to", body("messages")["to"], jids.CHAT_PATTERN, jids.CHAT_EXAMPLES, jids.chat_jid),
         ("chat (query)", chat_query["schema"], jids.CHAT_PATTERN, jids.CHAT_EXAMPLES, jids.chat_jid),
-        ("phone (pair-phone)", body("pair-phone")["phone"], jids.USER_PATTERN, jids.USER_EXAMPLES, jids.phone_digits),
-        ("phone (scan)", scan_phone, jids.USER_PATTERN, jids.USER_EXAMPLES, jids.phone_digits),
+        ("phone (pair-phone)", body("pair-phone")["phone"], jids.PHONE_PATTERN, jids.PHONE_EXAMPLES, jids.phone_digits),
+        ("phone (scan)", scan_phone, jids.PHONE_PATTERN, jids.PHONE_EXAMPLES, jids.phone_digits),
         ("from", inbound["from"], jids.USER_PATTERN, jids.USER_EXAMPLES, jids.user_jid),
+        ("senderAlt", non_null(inbound["senderAlt"]), jids.PHONE_PATTERN, jids.PHONE_EXAMPLES, jids.phone_jid),
         ("chat (inbound)", non_null(inbound["chat"]), jids.GROUP_PATTERN, jids.GROUP_EXAMPLES, jids.group_jid),
         ("mentions", inbound["mentions"]["items"], jids.USER_PATTERN, jids.USER_EXAMPLES, jids.user_jid),
     ]
@@ -1388,7 +1389,8 @@ def test_chat_jid_refuses_what_is_no_chat(value):
 # or a tool reading the schema (Python's re, or jsonschema-rs as schemathesis does) must accept
 # exactly what the server does, surrounding spaces that str.strip() removes included.
 PATTERNS = [
-    pytest.param(jids.USER_PATTERN, jids.phone_digits, id="phone-or-user-jid"),
+    pytest.param(jids.PHONE_PATTERN, jids.phone_digits, id="phone-or-user-jid"),
+    pytest.param(jids.PHONE_PATTERN, jids.phone_jid, id="phone-jid"),
     pytest.param(jids.USER_PATTERN, jids.user_jid, id="user-jid"),
     pytest.param(jids.CHAT_PATTERN, jids.chat_jid, id="chat"),
     pytest.param(jids.GROUP_PATTERN, jids.group_jid, id="group"),
@@ -1408,6 +1410,12 @@ PATTERN_SAMPLES = [
     f"\ufeff{PHONE}",  # and not this one, which \s matches
     f"\u200b{PHONE}",
     f"{PHONE}@lid",
+    "203012345678901:3@lid",
+    " 203012345678901@lid\n",
+    "1234@lid",
+    "@lid",
+    "203012345678901@LID",
+    "203012345678901@lid.example.com",
     f"{GROUP}\n@g.us",
 ]
 

@@ -57,7 +57,8 @@ class Events(Protocol):
 
     def paired(self, bot_id: uuid.UUID, jid: str, phone: str, push_name: str) -> None: ...
 
-    def connected(self, bot_id: uuid.UUID) -> None: ...
+    def connected(self, bot_id: uuid.UUID, lid: str = "") -> None:
+        """Connected; ``lid`` is the account's own LID (``<lid>@lid``) when the library knows it."""
 
     def disconnected(self, bot_id: uuid.UUID, reason: str) -> None: ...
 

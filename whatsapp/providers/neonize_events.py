@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from whatsapp import jids
 from whatsapp.providers.base import Events, Inbound
 
 logger = logging.getLogger(__name__)
@@ -65,49 +66,91 @@ def addressed(message) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+# Parts of a message that say nothing themselves: group encryption keys, the message's secret.
+NOT_CONTENT = frozenset(
+    {"senderKeyDistributionMessage", "fastRatchetKeySenderKeyDistributionMessage", "messageContextInfo"}
+)
+# About another message, or a vote: a revoke or an edit (protocolMessage), a reaction, a pin...
+# Never a new question, so not stored (docs/neonize.md).
+ABOUT_ANOTHER = frozenset(
+    {
+        "protocolMessage",
+        "reactionMessage",
+        "encReactionMessage",
+        "pollUpdateMessage",
+        "keepInChatMessage",
+        "pinInChatMessage",
+        "encEventResponseMessage",
+    }
+)
+
+
+def kind_of(message) -> str:
+    from neonize.utils.message import extract_text
+
+    if message.HasField("imageMessage"):
+        return "image"
+    if message.HasField("audioMessage"):  # a voice note (ptt) too
+        return "audio"
+    if message.HasField("stickerMessage"):
+        return "sticker"
+    if message.HasField("conversation") or message.HasField("extendedTextMessage"):
+        return "text"
+    if message.HasField("videoMessage") or message.HasField("documentMessage"):
+        # A caption is the customer's words, read as text (whatsmeow has unwrapped a document
+        # sent with a caption already); the file itself is not read.
+        return "text" if extract_text(message).strip() else "other"
+    return "other"
+
+
 def inbound_from(event) -> Inbound | None:
-    """A neonize MessageEv as an Inbound message; None for what is not a message for the bot."""
+    """A neonize MessageEv as an Inbound message; None for what is not a message for the bot.
+
+    One person is one chat: a LID sender (or, for the bot's own phone, a LID chat) is kept under
+    the phone JID whatsmeow gives beside it (SenderAlt, RecipientAlt), else under the LID.
+    Status posts, channels (newsletters), edits, revokes, reactions and votes are not messages
+    for the bot: None.
+    """
     from neonize.utils.message import extract_text
 
     info = event.Info
     source = info.MessageSource
     message = event.Message
-    if message.HasField("protocolMessage") or message.HasField("reactionMessage"):
+    parts = {field.name for field, _ in message.ListFields()} - NOT_CONTENT
+    if not parts or parts & ABOUT_ANOTHER or event.IsEdit or info.Edit:
         return None
-    if message.HasField("imageMessage"):
-        kind = "image"
-    elif message.HasField("audioMessage"):
-        kind = "audio"
-    elif message.HasField("stickerMessage"):
-        kind = "sticker"
-    elif message.HasField("conversation") or message.HasField("extendedTextMessage"):
-        kind = "text"
-    elif message.HasField("videoMessage") or message.HasField("documentMessage"):
-        # A caption is the customer's words, read as text (whatsmeow has unwrapped a document
-        # sent with a caption already); the file itself is not read.
-        kind = "text" if extract_text(message).strip() else "other"
-    else:
-        kind = "other"
-    sender = source.Sender
-    if sender.Server == "lid" and source.HasField("SenderAlt") and source.SenderAlt.User:
-        sender = source.SenderAlt
-    mentions = addressed(message)
+    chat, sender = jids.conversation(
+        chat_string(source.Chat),
+        chat_string(source.Sender),
+        sender_alt=chat_string(source.SenderAlt),
+        recipient_alt=chat_string(source.RecipientAlt) if source.IsFromMe else "",
+    )
+    if jids.is_feed(chat):
+        return None
     timestamp = None
     if info.Timestamp:
         # neonize sends milliseconds (Go UnixMilli).
         timestamp = datetime.datetime.fromtimestamp(info.Timestamp / 1000, tz=datetime.UTC)
     return Inbound(
         wa_id=info.ID,
-        chat=chat_string(source.Chat),
-        sender=chat_string(sender),
+        chat=chat,
+        sender=sender,
         text=extract_text(message) or "",
-        type=kind,
+        type=kind_of(message),
         push_name=info.Pushname,
         from_me=source.IsFromMe,
-        is_group=source.IsGroup,
-        mentions=mentions,
+        is_group=jids.is_group(chat),
+        mentions=addressed(message),
         timestamp=timestamp,
     )
+
+
+def own_lid(client) -> str:
+    """The account's LID as neonize got it before any event (``client.me``, Go's FetchMe); '' if none."""
+    me = getattr(client, "me", None)
+    if me is None or not me.HasField("LID") or not me.LID.User:
+        return ""
+    return chat_string(me.LID)
 
 
 class Handlers:
@@ -155,7 +198,14 @@ class Handlers:
             self.events.disconnected(self.bot_id, f"pairing failed: {event.Error or 'unknown error'}")
 
     def connected(self, client, event) -> None:
-        self.events.connected(self.bot_id)
+        self._connected(client)
+
+    def _connected(self, client) -> None:
+        lid = own_lid(client)
+        if lid:
+            self.events.connected(self.bot_id, lid)
+        else:
+            self.events.connected(self.bot_id)
 
     def disconnected(self, client, event) -> None:
         # Only for a close whatsmeow did not expect, and it is reconnecting already (at 0, 2, 4... s).
@@ -166,7 +216,7 @@ class Handlers:
         self.events.reconnecting(self.bot_id, f"keepalive timeout ({event.ErrorCount} unanswered)")
 
     def keepalive_restored(self, client, event) -> None:
-        self.events.connected(self.bot_id)
+        self._connected(client)
 
     def logged_out(self, client, event) -> None:
         from neonize.proto import Neonize_pb2 as proto

@@ -22,7 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent
-from whatsapp.providers.base import Client, Commit, Db, Device, Events, Inbound, NotConnected, Provider
+from whatsapp.providers.base import Client, Commit, Db, Device, Events, NotConnected, Provider
 
 logger = logging.getLogger(__name__)
 
@@ -369,16 +369,5 @@ class SimulatorProvider(Provider):
             if client is None or not client.connected:
                 continue
             client.in_flight.add(row.pk)
-            message = Inbound(
-                wa_id=row.wa_id,
-                chat=row.chat,
-                sender=row.sender,
-                text=row.text,
-                type=row.type,
-                push_name=row.push_name,
-                from_me=row.from_me,
-                is_group=row.chat.endswith("@g.us"),
-                mentions=tuple(row.mentions),
-                timestamp=row.timestamp,
-            )
+            message = row.inbound()
             client.events.message(row.bot_id, message, row.pk)
