@@ -67,6 +67,11 @@ def release(bot_id: uuid.UUID, owner: str, epoch: int) -> bool:
     )
 
 
+def holder(bot_id: uuid.UUID) -> str:
+    """The shard holding a bot's lease now ('' for none): a draining shard waits for its bot's next host."""
+    return Session.objects.filter(pk=bot_id).values_list("lease_owner", flat=True).first() or ""
+
+
 def release_all(owner: str) -> list[uuid.UUID]:
     """Free every lease of a shard (it stopped or died) and forget its heartbeat; returns the bots it held."""
     held = list(Session.objects.filter(lease_owner=owner).values_list("pk", flat=True))
@@ -139,10 +144,11 @@ def fair_slice(loads: dict[str, tuple[int, int]], me: str, waiting: list[uuid.UU
     Each live shard's fair share of all bots (held and waiting) is in proportion to
     its capacity. Shards placing at the same moment compute the same shares over
     the same waiting list and take disjoint slices of it, in the order of their ids.
+    A draining shard (pool/recycle.py) advertises a capacity of 0: no share.
     """
-    if len(loads) == 1:
-        return waiting
     capacity = sum(c for c, _ in loads.values())
+    if len(loads) == 1 or not capacity:
+        return waiting
     bots = sum(h for _, h in loads.values()) + len(waiting)
     fair = {shard: max(0, math.ceil(bots * c / capacity) - h) for shard, (c, h) in loads.items()}
     order = sorted(loads)
