@@ -29,6 +29,7 @@ from bots.inbox import store_inbound
 from pool import leases
 from pool.connection import HostedBot, Phase, ShardEvents, pump
 from pool.dbthreads import DbThreads
+from pool.recycle import Drain
 from pool.replies import ReplyPipeline
 from whatsapp import state
 from whatsapp.providers.base import Inbound, Provider
@@ -46,7 +47,8 @@ RELEASE_NUDGE_SECONDS = 1.0
 # Page hints for one bot are sent at most this often: a busy chat does not re-render its pages
 # for every status its messages pass through. Connection frames are never held back.
 PAGE_HINT_SECONDS = 0.1
-# A shard that exits with this code asked to be replaced (see check_recycle): restart it at once.
+# A shard that exits with this code asked to be replaced (see check_recycle): restart it at once,
+# unless it said "draining" first and its replacement runs already (pool/recycle.py).
 RECYCLE_EXIT_CODE = 75
 
 
@@ -149,14 +151,28 @@ class Shard:
             await self.check_lease_deadline()
             return False
 
+    # --- recycling: make before break (pool/recycle.py) ---
+    # The pipe on which the supervisor hears "draining": set by run_shard, None for a shard started by hand.
+    control_fd: int | None = None
+    recycle_asked = ""  # an operator's SIGUSR2
+    drain: Drain | None = None
+
     def check_recycle(self) -> None:
-        """A provider that leaks per connect attempt asks for a fresh process: drain and exit."""
-        for provider in self.providers.values():
-            reason = provider.recycle_reason()
-            if reason and not self.shutdown:
-                logger.warning("shard %s: recycling after %s", self.shard_id, reason)
-                self.recycling = reason
-                self.shutdown = True
+        """A provider that leaks per connect attempt asks for a fresh process: hand the bots over, then exit."""
+        if self.recycling or self.shutdown:
+            return
+        reasons = [self.recycle_asked] + [provider.recycle_reason() for provider in self.providers.values()]
+        reason = next((r for r in reasons if r), "")
+        if reason:
+            logger.warning("shard %s: recycling after %s; draining", self.shard_id, reason)
+            self.recycling = reason
+            self.drain = Drain(self, reason)  # a task beside this loop, which goes on for the bots not moved yet
+
+    def request_recycle(self, *_: Any) -> None:
+        """SIGUSR2: replace this shard by a fresh process without an outage (what a leaking provider asks for)."""
+        self.recycle_asked = "a recycle request (SIGUSR2)"
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.wake)
 
     # --- leases -----------------------------------------------------------------
 
@@ -195,7 +211,7 @@ class Shard:
     async def claim_bots(self) -> bool:
         """Take this shard's share of the bots waiting for a host; True when more may be waiting."""
         kinds = [name for name, provider in self.providers.items() if self.room_for(provider) > 0]
-        if not kinds:
+        if not kinds or self.recycling:  # a draining shard takes nothing more
             return False
         free = self.capacity - len(self.hosted)
         ids = await self.db(leases.candidates, kinds, min(free, CLAIM_BATCH))
@@ -343,6 +359,8 @@ class Shard:
 
     async def stop_all(self) -> None:
         """Stop every client, record `disconnected` ("worker stopped"), release the leases."""
+        if self.drain is not None:
+            await self.drain.finish()  # a SIGTERM while draining: the move in progress ends first
         # Replies in progress stop first (no send after its client is gone); the next host resumes them.
         await self.replies.stop()
         nudged = time.monotonic()
@@ -401,14 +419,16 @@ def default_providers(shard: Shard) -> dict[str, Provider]:
     return providers
 
 
-def run_shard(shard_id: str | None) -> None:
+def run_shard(shard_id: str | None, control_fd: int | None = None) -> None:
     shard = Shard(shard_id)
+    shard.control_fd = control_fd
     logs.set_shard(shard.shard_id)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, shard.request_shutdown)
+        loop.add_signal_handler(signal.SIGUSR2, shard.request_recycle)
         await shard.run()
 
     asyncio.run(main())

@@ -4,11 +4,17 @@ Shards are child processes started with subprocess as ``manage.py run_whatsapp
 --shard K`` (never forked after neonize is imported: docs/architecture.md,
 processes). A shard that dies has its leases freed at once, so its bots move
 without waiting for the leases to expire.
+
+A shard that must recycle (pool/recycle.py) says ``draining`` on its control
+pipe first: the supervisor starts its replacement in the same slot at once and
+lets the old process run until it has handed its bots over and exited (make
+before break). SIGUSR2 asks every shard to recycle so (fresh code, no outage).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -23,9 +29,13 @@ from django.db import DatabaseError, close_old_connections, connection
 
 from bots.control import nudge_shards
 from pool import leases
+from pool.recycle import DRAINING
 from pool.shard import RECYCLE_EXIT_CODE, new_shard_id
 
 logger = logging.getLogger(__name__)
+
+# A shard started this recently is fresh already: SIGUSR2 does not ask it to recycle.
+FRESH_SECONDS = 10.0
 
 
 @dataclass
@@ -36,6 +46,7 @@ class Child:
     started_at: float = 0.0
     crashes: int = 0
     restart_at: float = 0.0
+    control: int | None = None  # the read end of its control pipe (pool/recycle.py)
 
 
 class Supervisor:
@@ -46,8 +57,10 @@ class Supervisor:
         self.grace = grace
         self.extra_args = extra_args or []
         self.shutdown = False
+        # Old shards handing their bots to their replacements: reaped, never restarted.
+        self.retiring: list[Child] = []
 
-    def command(self, child: Child) -> list[str]:
+    def command(self, child: Child, control_fd: int) -> list[str]:
         manage = Path(settings.BASE_DIR) / "manage.py"
         return [
             sys.executable,
@@ -57,12 +70,23 @@ class Supervisor:
             str(child.index),
             "--shard-id",
             child.shard_id,
+            "--control-fd",
+            str(control_fd),
             *self.extra_args,
         ]
 
-    def start(self, child: Child) -> None:
+    def start(self, child: Child, *, announce: bool = True) -> None:
         child.shard_id = new_shard_id(child.index)
-        child.process = subprocess.Popen(self.command(child))
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        try:
+            child.process = subprocess.Popen(self.command(child, write), pass_fds=(write,))
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)
+        child.control = read
         child.started_at = time.monotonic()
         logger.info(
             "supervisor: shard %d started as pid %d (%s)",
@@ -71,7 +95,10 @@ class Supervisor:
             child.shard_id,
             extra={"shard": child.shard_id},
         )
-        self.announce(child)
+        # Not a replacement: its old shard waits for the replacement's own first beat, which says it is
+        # ready to claim; an announcement would have it hand bots to a process still starting.
+        if announce:
+            self.announce(child)
 
     def announce(self, child: Child) -> None:
         """Advertise a starting shard's room before it runs, so shards started together share the bots.
@@ -93,17 +120,21 @@ class Supervisor:
             )
             connection.close()
 
-    def reap(self, child: Child) -> None:
-        """A shard died: free its bots at once so they move without waiting for lease expiry."""
+    def reap(self, child: Child, *, retired: bool = False) -> None:
+        """A shard died, or a retired one exited: free its bots at once, not at lease expiry."""
         code = child.process.returncode
-        logger.error(
-            "supervisor: shard %d (pid %d) exited with %s",
+        (logger.info if retired else logger.error)(
+            "supervisor: shard %d (pid %d) exited with %s%s",
             child.index,
             child.process.pid,
             code,
+            " after handing its bots to its replacement" if retired else "",
             extra={"shard": child.shard_id},
         )
+        self.close_control(child)
         self.free(child)
+        if retired:
+            return
         lived = time.monotonic() - child.started_at
         if code == RECYCLE_EXIT_CODE:
             child.crashes, child.restart_at, child.process = 0, 0.0, None
@@ -112,9 +143,45 @@ class Supervisor:
         child.restart_at = time.monotonic() + min(30.0, 0.5 * 2**child.crashes) if child.crashes else 0.0
         child.process = None
 
+    def draining(self, child: Child) -> bool:
+        """Whether the shard said ``draining`` on its control pipe (it closes the pipe right after)."""
+        if child.control is None:
+            return False
+        try:
+            data = os.read(child.control, 64)
+        except BlockingIOError:
+            return False
+        if not data:
+            self.close_control(child)  # it exited, or said all it had to say
+        return DRAINING.strip() in data
+
+    def retire(self, child: Child) -> None:
+        """Make before break: its replacement starts now, in its slot, while it hands its bots over."""
+        old = Child(child.index, child.process, child.shard_id, child.started_at, control=child.control)
+        self.retiring.append(old)
+        logger.info(
+            "supervisor: shard %d (pid %d) is draining; starting its replacement",
+            child.index,
+            child.process.pid,
+            extra={"shard": child.shard_id},
+        )
+        child.process, child.control, child.crashes, child.restart_at = None, None, 0, 0.0
+        self.start(child, announce=False)
+
+    def close_control(self, child: Child) -> None:
+        if child.control is not None:
+            os.close(child.control)
+            child.control = None
+
     def step(self) -> None:
+        for old in [old for old in self.retiring if old.process.poll() is not None]:
+            self.retiring.remove(old)
+            self.reap(old, retired=True)
         for child in self.children:
-            if child.process is not None and child.process.poll() is not None:
+            alive = child.process is not None and child.process.poll() is None
+            if alive and self.draining(child) and not self.shutdown:
+                self.retire(child)
+            elif child.process is not None and not alive:
                 self.reap(child)
             if child.process is None and not self.shutdown and time.monotonic() >= child.restart_at:
                 self.start(child)
@@ -122,17 +189,28 @@ class Supervisor:
     def run(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.request_shutdown)
+        signal.signal(signal.SIGUSR2, self.request_recycle)
         while not self.shutdown:
             self.step()
             time.sleep(0.2)
         self.stop_children()
+
+    def request_recycle(self, _signum: int, _frame: Any) -> None:
+        """SIGUSR2: every shard hands its bots to a fresh replacement (new code, no outage), one bot at a time.
+
+        Not a shard started in the last FRESH_SECONDS: it is fresh already, and may not handle the signal yet.
+        """
+        for child in self.children:
+            if child.process is not None and time.monotonic() - child.started_at > FRESH_SECONDS:
+                child.process.send_signal(signal.SIGUSR2)
 
     def request_shutdown(self, signum: int, _frame: Any) -> None:
         self.shutdown = True
         self.signal = signum
 
     def stop_children(self) -> None:
-        running = [c for c in self.children if c.process is not None and c.process.poll() is None]
+        every = self.children + self.retiring
+        running = [c for c in every if c.process is not None and c.process.poll() is None]
         for child in running:
             child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.grace
@@ -148,7 +226,8 @@ class Supervisor:
                 )
                 child.process.kill()
                 child.process.wait()
-        for child in self.children:
+        for child in every:
+            self.close_control(child)
             if child.shard_id:
                 self.free(child)
         logger.info("supervisor: stopped")
