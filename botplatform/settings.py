@@ -15,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 from redis.connection import parse_url as parse_redis_url
 
+from botplatform import outbound_proxy as proxies
 from botplatform.env import Env
 
 env = Env()
@@ -325,8 +326,14 @@ WHATSAPP_SHARD_CAPACITY = env.int("WHATSAPP_SHARD_CAPACITY", 1000, min=1, max=10
 # (each attempt leaks a store connection: docs/neonize.md, section 4).
 WHATSAPP_NEONIZE_CAPACITY = env.int("WHATSAPP_NEONIZE_CAPACITY", 200, min=1, max=2000)
 WHATSAPP_RECYCLE_AFTER = env.int("WHATSAPP_RECYCLE_AFTER", 50, min=1)
-# A proxy for every neonize dial (whatsmeow takes http://, https:// and socks5://).
-WHATSAPP_PROXY = env.url("WHATSAPP_PROXY", ("http", "https", "socks5"))
+# A proxy for every neonize dial whose bot has none of its own, in the form a bot's `proxy` takes
+# (whatsmeow dials http://, https:// and socks5://: botplatform/outbound_proxy.py). Refused at start-up
+# without its password in the message.
+try:
+    WHATSAPP_PROXY = proxies.proxy_url(env.str("WHATSAPP_PROXY", ""))
+except ValueError as _error:
+    _proxy = env.str("WHATSAPP_PROXY", "")
+    raise ImproperlyConfigured(f"WHATSAPP_PROXY={proxies.masked(_proxy, _proxy)!r} is invalid: {_error}") from None
 # Reconnect backoff: 2 s doubling to 60 s, full jitter (docs/invariants.md, connection lifecycle).
 WHATSAPP_BACKOFF_BASE = env.float("WHATSAPP_BACKOFF_BASE", 2.0, min=0.01, max=60)
 WHATSAPP_BACKOFF_CAP = env.float("WHATSAPP_BACKOFF_CAP", 60.0, min=0.01, max=3600)

@@ -81,7 +81,7 @@ class BotAdmin(admin.ModelAdmin):
                 ]
             },
         ),
-        (_("WhatsApp"), {"fields": ["whatsapp_provider"]}),
+        (_("WhatsApp"), {"fields": ["whatsapp_provider", "proxy"]}),
         (_("Times"), {"fields": ["created_at", "updated_at", "deleted_at"]}),
     ]
     inlines = [SessionInline]

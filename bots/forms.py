@@ -32,11 +32,16 @@ class BotForm(forms.ModelForm):
             "non_text_reply",
             "reply_in_groups",
             "whatsapp_provider",
+            "proxy",
         ]
         widgets = {
             "system_prompt": forms.Textarea(attrs={"rows": 6}),
             "fallback_text": forms.Textarea(attrs={"rows": 2}),
             "non_text_reply": forms.Textarea(attrs={"rows": 2}),
+            # The owner's own setting, shown to them and to staff; a password in it is never logged.
+            "proxy": forms.TextInput(
+                attrs={"inputmode": "url", "autocomplete": "off", "spellcheck": "false", "placeholder": "socks5://"}
+            ),
         }
 
     def __init__(self, *args, **kwargs) -> None:
@@ -96,8 +101,8 @@ class ProviderStep(BotForm):
     title = _("WhatsApp provider")
 
     class Meta(BotForm.Meta):
-        fields = ["whatsapp_provider"]
-        widgets = {"whatsapp_provider": forms.RadioSelect}
+        fields = ["whatsapp_provider", "proxy"]
+        widgets = {**BotForm.Meta.widgets, "whatsapp_provider": forms.RadioSelect}
         help_texts = {
             "whatsapp_provider": _(
                 "WhatsApp links a real phone number. The simulator stands in for WhatsApp and the phone, "
@@ -127,6 +132,11 @@ class SettingsForm(BotForm):
     class Meta(BotForm.Meta):
         # The provider is chosen once, in the wizard.
         fields = [name for name in BotForm.Meta.fields if name != "whatsapp_provider"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.whatsapp_provider == Provider.SIMULATOR:
+            del self.fields["proxy"]  # the simulator dials nothing
 
 
 def validate_phone(value: str) -> str:

@@ -5,10 +5,12 @@ import secrets
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from botplatform import outbound_proxy
 from bots import broadcasts
 from whatsapp.models import Session
 
@@ -25,6 +27,18 @@ def default_gemini_model() -> str:
 
 def default_provider() -> str:
     return settings.WHATSAPP_DEFAULT_PROVIDER
+
+
+def validate_proxy(value: str) -> None:
+    try:
+        outbound_proxy.proxy_url(value)
+    except ValueError:
+        raise ValidationError(
+            _(
+                "Enter http://, https:// or socks5:// then host:port, e.g. socks5://user:password@proxy.example.com:1080."
+            ),
+            code="invalid",
+        ) from None
 
 
 class Provider(models.TextChoices):
@@ -71,6 +85,18 @@ class Bot(models.Model):
         help_text=_("Sent for images, audio and stickers. Empty: do not answer them."),
     )
     reply_in_groups = models.BooleanField(_("reply in groups"), default=False)
+    # neonize dials through it (whatsmeow's SetProxyAddress); empty: WHATSAPP_PROXY, if set. Simulator bots ignore it.
+    proxy = models.CharField(
+        _("proxy"),
+        max_length=outbound_proxy.MAX_LENGTH,
+        blank=True,
+        validators=[validate_proxy],
+        help_text=_(
+            "WhatsApp bots only: the proxy their connection goes through, as http://, https:// or "
+            "socks5://host:port, with user:password@ before the host if it asks for them. "
+            "Empty: the server's default."
+        ),
+    )
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
     # DELETE hides the bot at once; the hosting shard logs it out and releases it.
@@ -264,3 +290,17 @@ class ApiToken(models.Model):
         secret = token.set_new_secret()
         token.save()
         return token, secret
+
+
+class Dial(models.Model):
+    """One neonize dial of a hosted bot, kept for its owner's dial budget (WHATSAPP_DIAL_RATE_USER)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="+")
+    bot = models.ForeignKey(Bot, models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "created_at"], name="dial_user_time")]
+
+    def __str__(self) -> str:
+        return f"{self.bot_id} at {self.created_at}"

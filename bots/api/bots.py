@@ -8,12 +8,14 @@ from typing import Annotated, Literal
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema, Status
-from pydantic import ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
 
+from botplatform import outbound_proxy
 from botplatform.api import parse_body
 from bots import control
-from bots.api.base import ERRORS, Error, WhatsappStatus, get_bot, json_body, stripped
+from bots.api.base import ERRORS, Error, WhatsappStatus, described, get_bot, json_body, stripped
 from bots.models import MODEL_NAME_PATTERN, Bot
+from whatsapp import jids
 from whatsapp.models import rfc3339
 
 router = Router(tags=["bots"])
@@ -29,6 +31,14 @@ ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_PATTERN)]
 Temperature = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
 FallbackText = Annotated[str, StringConstraints(max_length=1000)]
 NonTextReply = Annotated[str, StringConstraints(max_length=1000)]
+# Stored stripped; "" is none of its own (WHATSAPP_PROXY, if the server sets one).
+Proxy = Annotated[
+    str,
+    StringConstraints(max_length=outbound_proxy.MAX_LENGTH),
+    AfterValidator(outbound_proxy.proxy_url),
+    # Exactly what proxy_url accepts: surrounding spaces, and "" (no proxy of its own), included.
+    described(jids.schema_pattern(outbound_proxy.URL, ""), outbound_proxy.EXAMPLES),
+]
 
 
 class BotFields(Schema):
@@ -45,6 +55,7 @@ class BotFields(Schema):
     nonTextReply: NonTextReply = None  # type: ignore[assignment]
     replyInGroups: bool = None  # type: ignore[assignment]
     isActive: bool = None  # type: ignore[assignment]
+    proxy: Proxy = None  # type: ignore[assignment]
 
     @field_validator("whatsappProvider")
     @classmethod
@@ -66,6 +77,7 @@ class BotFields(Schema):
             "nonTextReply": "non_text_reply",
             "replyInGroups": "reply_in_groups",
             "isActive": "is_active",
+            "proxy": "proxy",
         }
         return {names[key]: getattr(self, key) for key in self.model_fields_set if key in names}
 
@@ -90,6 +102,7 @@ class BotOut(Schema):
     nonTextReply: str
     replyInGroups: bool
     isActive: bool
+    proxy: str
     createdAt: str
     updatedAt: str
     whatsapp: WhatsappStatus
@@ -111,6 +124,8 @@ def bot_payload(bot: Bot) -> dict:
         "nonTextReply": bot.non_text_reply,
         "replyInGroups": bot.reply_in_groups,
         "isActive": bot.is_active,
+        # The owner's own setting, password included; never logged.
+        "proxy": bot.proxy,
         "createdAt": rfc3339(bot.created_at),
         "updatedAt": rfc3339(bot.updated_at),
         "whatsapp": bot.session.status_payload(),

@@ -31,6 +31,7 @@ BOT_KEYS = {
     "nonTextReply",
     "replyInGroups",
     "isActive",
+    "proxy",
     "createdAt",
     "updatedAt",
     "whatsapp",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 # How a provider reaches the database: the shard's DB threads (``await db(fn, *args)``).
@@ -48,6 +48,8 @@ class Device:
     bot_id: uuid.UUID
     jid: str = ""
     pairing_phone: str = ""
+    # The bot's own proxy for the dial ("": the provider's default). It may carry a password: never in a repr.
+    proxy: str = field(default="", repr=False)
 
 
 class Events(Protocol):

@@ -37,6 +37,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from botplatform.outbound_proxy import masked
 from whatsapp.providers.base import Client, Commit, Db, Device, Events, NotConnected, Provider
 from whatsapp.providers.gocalls import GoCalls
 from whatsapp.providers.neonize_events import Handlers, jid_from_string
@@ -117,13 +118,15 @@ class NeonizeClient(Client):
             self.dial_over.set()
             return
         try:
-            proxy = provider.proxy_settings()
+            proxy = provider.proxy_settings(self.device.proxy)
             provider.go.connect(lambda: self.client.connect(proxy), self.dial_over)
             if not self.stopping:
                 self.events.disconnected(self.bot_id, "connection closed")
         except Exception as exc:
             if not self.stopping:
-                self.events.disconnected(self.bot_id, f"connect failed: {exc}")
+                # Go's error may quote the proxy's URL: its password stays out of lastError and the logs.
+                reason = masked(f"connect failed: {exc}", proxy.proxy_address if proxy else "")
+                self.events.disconnected(self.bot_id, reason)
         finally:
             self.dial_over.set()
             provider.release_dial(self)
@@ -275,11 +278,12 @@ class NeonizeProvider(Provider):
         if stopped is not None:
             self.go.write(stopped.stop)
 
-    def proxy_settings(self):
-        """WHATSAPP_PROXY as neonize takes it, or None: a direct dial."""
+    def proxy_settings(self, own: str = ""):
+        """The bot's own proxy, else WHATSAPP_PROXY, as neonize takes it; None: a direct dial."""
         from neonize._binder import ProxySettings
 
-        return ProxySettings(proxy_address=settings.WHATSAPP_PROXY) if settings.WHATSAPP_PROXY else None
+        address = own or settings.WHATSAPP_PROXY
+        return ProxySettings(proxy_address=address) if address else None
 
     def new_client(self, key: str, jid) -> Any:
         from neonize.client import NewClient
