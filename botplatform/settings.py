@@ -339,3 +339,6 @@ WHATSAPP_BACKOFF_BASE = env.float("WHATSAPP_BACKOFF_BASE", 2.0, min=0.01, max=60
 WHATSAPP_BACKOFF_CAP = env.float("WHATSAPP_BACKOFF_CAP", 60.0, min=0.01, max=3600)
 WHATSAPP_CONNECT_RATE_BOT = env.rate("WHATSAPP_CONNECT_RATE_BOT", "5/60")
 WHATSAPP_CONNECT_RATE_USER = env.rate("WHATSAPP_CONNECT_RATE_USER", "20/600")
+# neonize dials per bot owner (every start, retry and reconnect of a client): each leaks a store
+# connection, so one account's failing dials must not recycle a shard again and again.
+WHATSAPP_DIAL_RATE_USER = env.rate("WHATSAPP_DIAL_RATE_USER", "30/600")

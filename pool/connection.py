@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from botplatform import logs
 from bots.control import phone_in_use
-from pool import leases
+from pool import dials, leases
 from whatsapp import state
 from whatsapp.models import Session, Status
 from whatsapp.providers.base import Client, Device, Inbound, Provider
@@ -163,6 +163,7 @@ class HostedBot:
     qr_deadline: float | None = None
     reconnect_deadline: float | None = None
     overdue_reason: str = ""
+    held_for_budget: bool = False
     retry_at: float | None = None
     failures: int = 0
     paired: dict = field(default_factory=dict)
@@ -208,11 +209,20 @@ class HostedBot:
             await self.start_client(row)
 
     async def start_client(self, row: dict) -> None:
-        device = Device(bot_id=self.bot_id, jid=row["jid"], pairing_phone=row["pairing_phone"])
+        proxy, held = "", self.held_for_budget
+        if self.provider.name in dials.COUNTED:
+            dialling = await self.host.db(dials.take_dial, self.bot_id)
+            if dialling.wait:
+                # Over its owner's dial budget: no dial now, and no failure either.
+                self.held_for_budget = True
+                await self.retry_later(dialling.wait, dials.OVER_BUDGET)
+                return
+            proxy, self.held_for_budget = dialling.proxy, False
+        device = Device(bot_id=self.bot_id, jid=row["jid"], pairing_phone=row["pairing_phone"], proxy=proxy)
         self.client = self.provider.client(device, self.host.events)
         self.phase = Phase.STARTING
         self.pairing_phone = row["pairing_phone"]
-        if row["status"] != Status.CONNECTING and not await self.record(
+        if (row["status"] != Status.CONNECTING or held) and not await self.record(
             "connecting", Status.CONNECTING, last_error="", next_retry_at=None
         ):
             return
@@ -267,7 +277,10 @@ class HostedBot:
         if self.failures >= MAX_FAILURES:
             await self.end_session("failed", Status.FAILED, f"gave up after {self.failures} failures: {reason}")
             return
-        delay = backoff_delay(self.failures)
+        await self.retry_later(backoff_delay(self.failures), reason, failures=self.failures)
+
+    async def retry_later(self, delay: float, reason: str, **changes) -> None:
+        """`connecting`, saying why and when the next attempt starts; the shard starts it then."""
         # Not due until `connecting` is written: a retry started before would read the old
         # status and write `connecting` a second time.
         self.phase, self.retry_at = Phase.RETRYING, None
@@ -276,8 +289,8 @@ class HostedBot:
             Status.CONNECTING,
             detail=reason,
             last_error=reason,
-            failures=self.failures,
             next_retry_at=timezone.now() + datetime.timedelta(seconds=delay),
+            **changes,
         )
         self.retry_at = time.monotonic() + delay
 
