@@ -38,6 +38,9 @@ STOP_TIMEOUT = 10.0
 # How long a dropped session may take to come back by itself before its client is replaced:
 # whatsmeow retries at 0, 2, 4, 6... s, so 90 s is about ten attempts.
 RECONNECT_WATCHDOG = 90.0
+# How long a started client may say nothing (no QR, no Connected, no error) before the attempt fails:
+# whatsmeow gives Python no event for an outdated client or a pair error during the QR loop.
+START_WATCHDOG = 90.0
 # From a scan to its Connected (whatsmeow reconnects once in between): a few seconds on a real phone.
 PAIRED_CONNECT_SECONDS = 30.0
 # Inbound messages stored in one transaction at most.
@@ -112,6 +115,10 @@ class ShardEvents:
         """The shard's own: a dropped session did not come back within RECONNECT_WATCHDOG."""
         self._put("reconnect_overdue", bot_id)
 
+    def start_overdue(self, bot_id):
+        """The shard's own: a started client said nothing within START_WATCHDOG."""
+        self._put("start_overdue", bot_id)
+
 
 async def pump(shard, queue: asyncio.Queue, handling: asyncio.Lock) -> None:
     """Take events off the queue, in order, for as long as the shard runs.
@@ -162,6 +169,7 @@ class HostedBot:
     phase: Phase = Phase.STARTING
     qr_deadline: float | None = None
     reconnect_deadline: float | None = None
+    start_deadline: float | None = None
     overdue_reason: str = ""
     held_for_budget: bool = False
     retry_at: float | None = None
@@ -226,6 +234,7 @@ class HostedBot:
             "connecting", Status.CONNECTING, last_error="", next_retry_at=None
         ):
             return
+        self.start_deadline = time.monotonic() + START_WATCHDOG
         try:
             await self.client.start()
         except Exception as exc:
@@ -305,6 +314,10 @@ class HostedBot:
             self.phase is Phase.RECONNECTING and self.reconnect_deadline is not None and self.reconnect_deadline <= now
         )
 
+    def start_overdue(self, now: float) -> bool:
+        started = self.phase is Phase.STARTING and self.client is not None
+        return started and self.start_deadline is not None and self.start_deadline <= now
+
     # --- what its client reports (through the pump) ---
 
     async def on_qr(self, payload: str, expires_in: float, pairing_code: str) -> None:
@@ -379,6 +392,13 @@ class HostedBot:
     async def on_reconnect_overdue(self) -> None:
         if self.phase is Phase.RECONNECTING:
             await self.connection_lost(self.overdue_reason)
+
+    async def on_start_overdue(self) -> None:
+        if self.phase is Phase.STARTING and self.client is not None:
+            await self.connection_lost(
+                f"no_response: no QR code, connection or error within {START_WATCHDOG:g} s"
+                " (if it repeats, the WhatsApp library may be out of date)"
+            )
 
     async def on_logged_out(self, reason: str) -> None:
         await self.end_session("logged_out", Status.LOGGED_OUT, reason, clear_device=True)

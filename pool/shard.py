@@ -274,7 +274,8 @@ class Shard:
             await self.reconcile()
 
     def expire_deadlines(self) -> None:
-        """The shard's deadlines: QR codes shown too long, dropped sessions that did not come back."""
+        """The shard's deadlines: QR codes shown too long, dropped sessions that did not come back,
+        started clients that said nothing."""
         now = time.monotonic()
         for hosted in self.hosted.values():
             if hosted.qr_expired(now):
@@ -283,6 +284,9 @@ class Shard:
             elif hosted.reconnect_overdue(now):
                 hosted.reconnect_deadline = None
                 self.events.reconnect_overdue(hosted.bot_id)
+            elif hosted.start_overdue(now):
+                hosted.start_deadline = None
+                self.events.start_overdue(hosted.bot_id)
 
     # --- inbound messages --------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import pytest
 from django.utils import timezone
 
 from bots.models import Bot, Dial
+from pool import connection
 from tests.hosting import POLL, orm, session_row, step_until, wanting
 from whatsapp.models import Status
 from whatsapp.providers.base import Client, Device, Events, NotConnected, Provider
@@ -111,3 +112,24 @@ async def test_a_neonize_client_is_given_the_bots_own_proxy(shards, alice):
     proxies = {device.bot_id: device.proxy for device in neonize.devices}
     assert proxies == {own.pk: "socks5://maria:s3cret@proxy.example.com:1080", default.pk: ""}
     assert "s3cret" not in repr(neonize.devices), "a device's repr never shows the password"
+
+
+async def test_a_started_client_that_says_nothing_fails_its_attempt_after_the_watchdog(shards, alice, monkeypatch):
+    monkeypatch.setattr(connection, "START_WATCHDOG", 0.3)
+    monkeypatch.setattr(connection, "backoff_delay", lambda failures: 60.0)
+    neonize = StandIn(connects=False)  # an outdated client in the QR loop: no event reaches Python
+    shard = await hosting(shards, neonize)
+    bot = await orm(neonize_bot, alice)
+    simulated = await orm(wanting, alice)
+
+    await step_until(shard, lambda: session_row(bot).last_error.startswith("no_response"))
+
+    session = await orm(session_row, bot)
+    assert (session.status, session.failures) == (Status.CONNECTING, 1), "retried later, as a failed dial"
+    assert session.next_retry_at is not None and session.desired_connected
+    assert neonize.stopped == [bot.pk], "its client is stopped"
+    # A client that shows a QR is past the watchdog: the QR's own deadline applies.
+    await step_until(shard, lambda: session_row(simulated).status == Status.QR_REQUIRED)
+    for _ in range(10):
+        await shard.step()
+    assert (await orm(session_row, simulated)).status == Status.QR_REQUIRED
