@@ -19,6 +19,7 @@ install: $(VENV)/.installed
 # unless DATABASE_URL is set. Serves web and pool together; Ctrl+C stops both.
 run: $(VENV)/.installed
 	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --no-input
+	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --no-input --database simulator
 	DEBUG=$${DEBUG:-1} $(PY) manage.py ensure_admin --login-url http://$(HOST):$(PORT)/login/
 	DEBUG=$${DEBUG:-1} $(PY) manage.py serve --host $(HOST) --port $(PORT)
 
@@ -30,4 +31,4 @@ test: $(VENV)/.installed lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) staticfiles db.sqlite3 db.sqlite3-shm db.sqlite3-wal test_db.sqlite3*
+	rm -rf $(VENV) staticfiles db.sqlite3 db.sqlite3-shm db.sqlite3-wal db-simulator.sqlite3* test_db*.sqlite3* var/journal

@@ -30,27 +30,41 @@ def setup_django(*, redis: bool = True) -> dict[str, str]:
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     url = os.environ["DATABASE_URL"]
     if url.startswith("postgres"):
-        import psycopg
-
-        base, _, name = url.rpartition("/")
-        with psycopg.connect(base + "/postgres", autocommit=True) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-                conn.execute(f'CREATE DATABASE "{name}"')
+        # The simulated WhatsApp in a PostgreSQL database of its own too: the figures measure the
+        # platform, not SQLite's single writer.
+        os.environ.setdefault("WHATSAPP_SIMULATOR_URL", url + "_simulator")
+    for database in (url, os.environ.get("WHATSAPP_SIMULATOR_URL", "")):
+        if database.startswith("postgres"):
+            create_postgres_database(database)
     env = dict(os.environ)
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    for database in ("default", "simulator"):
+        migrate = [sys.executable, "manage.py", "migrate", "-v0", "--database", database]
+        subprocess.run(migrate, cwd=ROOT, env=env, check=True)
     import django
 
     django.setup()
     return env
 
 
+def create_postgres_database(url: str) -> None:
+    import psycopg
+
+    base, _, name = url.rpartition("/")
+    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
 def reset_data() -> None:
     from django.contrib.auth.models import User
 
     from bots.models import Bot
+    from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent
 
     Bot.objects.all().delete()
     User.objects.filter(username__startswith="bench").delete()
+    for model in (SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent):  # another database: no cascade
+        model.objects.all().delete()
 
 
 def paired_simulator_bots(count: int) -> list:

@@ -127,16 +127,17 @@ _db = dj_database_url.parse(DATABASE_URL)
 # A pool of PostgreSQL connections in this process, and its size (docs/settings.md).
 DATABASE_POOL = env.bool("DATABASE_POOL", False)
 DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", 33, min=2, max=1000)
+# WAL lets the web read while a shard writes; IMMEDIATE takes the write lock
+# at BEGIN so concurrent writers wait (busy timeout) instead of failing.
+SQLITE_OPTIONS = {
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 20,
+}
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     if not _db["NAME"] or _db["NAME"] == ":memory:":
         raise ImproperlyConfigured("DATABASE_URL must name a SQLite file: the web and the pool share it.")
-    _db["OPTIONS"] = {
-        # WAL lets the web read while a shard writes; IMMEDIATE takes the write lock
-        # at BEGIN so concurrent writers wait (busy timeout) instead of failing.
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-        "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
-    }
+    _db["OPTIONS"] = dict(SQLITE_OPTIONS)
     # Tests that start real processes need a database file they can all open.
     _db["TEST"] = {"NAME": str(Path(_db["NAME"]).with_name("test_" + Path(_db["NAME"]).name))}
 else:
@@ -150,6 +151,23 @@ else:
         # a wait for a free one is short: a long one means the database is down, and /healthz says so.
         _db.setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": DATABASE_POOL_SIZE, "timeout": 3}
 DATABASES = {"default": _db}
+
+# WhatsApp's side of the simulator (pending inbound, sent messages, devices) in a store of its own,
+# as WhatsApp's servers are not the platform's database: with that database stopped, messages still
+# arrive (docs/simulator.md). Default: a SQLite file beside the main database (one host).
+WHATSAPP_SIMULATOR_URL = env.url("WHATSAPP_SIMULATOR_URL", ("postgres", "postgresql", "sqlite"))
+if WHATSAPP_SIMULATOR_URL is None:
+    _beside = Path(_db["NAME"]) if _db["ENGINE"] == "django.db.backends.sqlite3" else BASE_DIR / "db.sqlite3"
+    WHATSAPP_SIMULATOR_URL = f"sqlite:///{_beside.with_name(_beside.stem + '-simulator.sqlite3')}"
+_simulator_db = dj_database_url.parse(WHATSAPP_SIMULATOR_URL)
+if _simulator_db["ENGINE"] == "django.db.backends.sqlite3":
+    _simulator_db["OPTIONS"] = dict(SQLITE_OPTIONS)
+    _name = Path(_simulator_db["NAME"])
+    _simulator_db["TEST"] = {"NAME": str(_name.with_name("test_" + _name.name))}
+else:
+    _simulator_db["CONN_HEALTH_CHECKS"] = True
+DATABASES["simulator"] = _simulator_db
+DATABASE_ROUTERS = ["whatsapp.routers.SimulatorRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channels --------------------------------------------------------------
@@ -317,6 +335,9 @@ if WHATSAPP_DEFAULT_PROVIDER == "simulator" and not WHATSAPP_SIMULATOR:
     raise ImproperlyConfigured("WHATSAPP_DEFAULT_PROVIDER=simulator needs WHATSAPP_SIMULATOR=1.")
 WHATSAPP_QR_TIMEOUT = env.int("WHATSAPP_QR_TIMEOUT", 120, min=10, max=160)
 WHATSAPP_STORE_URL = env.url("WHATSAPP_STORE_URL", ("postgres", "postgresql", "sqlite", "file"))
+# Each shard's inbound journal (pool/journal.py): messages WhatsApp counts delivered, on disk until
+# stored. Local to the host: the next shard process there replays a dead one's.
+WHATSAPP_JOURNAL_DIR = Path(env.str("WHATSAPP_JOURNAL_DIR", str(BASE_DIR / "var" / "journal")))
 WHATSAPP_LEASE_TTL = env.int("WHATSAPP_LEASE_TTL", 15, min=6, max=600)
 WHATSAPP_AI_CONCURRENCY = env.int("WHATSAPP_AI_CONCURRENCY", 64, min=1, max=4096)
 WHATSAPP_REPLY_MAX_AGE = env.int("WHATSAPP_REPLY_MAX_AGE", 900, min=1)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from django.db import transaction
 from django.utils import timezone
 
 from bots import broadcasts
-from bots.models import Direction, Message, MessageStatus, MessageType
+from bots.models import Bot, Direction, Message, MessageStatus, MessageType
 from whatsapp.providers.base import Inbound
 
 
@@ -31,10 +31,8 @@ def _row(bot_id: uuid.UUID, inbound: Inbound) -> Message:
     )
 
 
-def store_inbound(
-    messages: Sequence[tuple[uuid.UUID, Inbound]], acks: Sequence[Callable[[], None]] = ()
-) -> list[Message]:
-    """Insert inbound messages idempotently, in one transaction; the ``acks`` run in it too.
+def store_inbound(messages: Sequence[tuple[uuid.UUID, Inbound]]) -> list[Message]:
+    """Insert inbound messages idempotently, in one transaction.
 
     Returns the stored rows in the order given. A redelivery (same bot, chat,
     WhatsApp id) returns the row stored the first time, untouched. Messages
@@ -57,8 +55,11 @@ def store_inbound(
                 wa_id__in={row.wa_id for row in keyed},
             )
             stored = {(m.bot_id, m.chat, m.wa_id): m for m in found}
-        for ack in acks:
-            ack()
         for bot_id in {row.bot_id for row in rows}:
             broadcasts.messages_changed(bot_id)
     return [stored[(row.bot_id, row.chat, row.wa_id)] if row.wa_id else row for row in rows]
+
+
+def existing_bots(bot_ids: set[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these bots still exist (deleted or not): the others' messages cannot be stored."""
+    return set(Bot._base_manager.filter(pk__in=bot_ids).values_list("pk", flat=True))

@@ -11,7 +11,7 @@ shard's lease epoch, so a shard that lost a bot writes nothing for it:
 4. :func:`finish`: ``replied`` and its reply row ``queued``, in one transaction
    (``in_reply_to`` is unique: one reply per inbound message);
 5. the outbox: :func:`claim` (``queued -> sending``), then the provider sends and
-   runs :func:`mark_sent` in its commit (the simulator in the same transaction).
+   runs :func:`mark_sent` as its commit, right after the message left.
 
 These are plain sync functions, run on the shard's DB threads and called
 directly by tests; the async driver that runs them for a shard's chats is
@@ -39,7 +39,6 @@ from bots.gemini import Turn
 from bots.models import TEXT_LIMIT, Bot, Direction, Message, MessageStatus, MessageType
 from whatsapp import jids
 from whatsapp.models import Session
-from whatsapp.state import Fenced
 
 logger = logging.getLogger(__name__)
 
@@ -357,14 +356,10 @@ def claim(message_id: int, fence: Fence) -> bool:
     return _move(message_id, [MessageStatus.QUEUED], fence, status=MessageStatus.SENDING)
 
 
-def mark_sent(message_id: int, wa_id: str, fence: Fence | None = None) -> None:
-    """Run by the provider as the send's commit. With a fence (atomic providers), a lost lease undoes the send."""
-    if _move(
-        message_id, [MessageStatus.SENDING], fence, status=MessageStatus.SENT, wa_id=wa_id, sent_at=timezone.now()
-    ):
+def mark_sent(message_id: int, wa_id: str) -> None:
+    """Run by the provider as the send's commit: the message left, so it is `sent`, lease or not."""
+    if _move(message_id, [MessageStatus.SENDING], None, status=MessageStatus.SENT, wa_id=wa_id, sent_at=timezone.now()):
         return
-    if fence is not None:
-        raise Fenced(f"message {message_id} is no longer this shard's to send")
     logger.warning("message %s was sent as %s but was no longer 'sending'", message_id, wa_id)
 
 
@@ -400,15 +395,15 @@ def pending(inbound_bots: list[uuid.UUID], outbound_bots: list[uuid.UUID], limit
     return [Work.of(row) for row in rows]
 
 
-def recover(bot_id: uuid.UUID, fence: Fence, atomic_send: bool) -> list[Work]:
+def recover(bot_id: uuid.UUID, fence: Fence, resend: bool) -> list[Work]:
     """A shard took a bot: settle the sends its last host left half done, and return the work it left.
 
-    A ``sending`` row of an atomic provider (the simulator) was not sent: its send
-    and its ``sent`` mark are one transaction. Sent again, it is sent once. With
-    neonize it may have left: it is marked failed rather than risk a double.
+    A ``sending`` row may have left (WhatsApp has it, and the host died before its ``sent`` mark).
+    With ``resend`` (a provider that delivers one message per ref) it is sent again, and arrives
+    once. Otherwise (neonize) it is marked failed rather than risk sending it twice.
     """
     stuck = Message.objects.filter(bot_id=bot_id, status=MessageStatus.SENDING).filter(holds_lease(fence))
-    if atomic_send:
+    if resend:
         settled = stuck.update(status=MessageStatus.QUEUED, updated_at=timezone.now())
     else:
         settled = stuck.update(status=MessageStatus.FAILED, error=INTERRUPTED, updated_at=timezone.now())

@@ -27,6 +27,7 @@ from django.utils import timezone
 from botplatform import logs
 from bots.control import phone_in_use
 from pool import dials, leases
+from pool.journal import Journal
 from whatsapp import state
 from whatsapp.models import Session, Status
 from whatsapp.providers.base import Client, Device, Inbound, Provider
@@ -77,8 +78,8 @@ class Host(Protocol):
 class ShardEvents:
     """The provider ``Events`` of one shard: every callback, from any thread, only enqueues onto its loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
-        self.loop, self.queue = loop, queue
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, journal: Journal | None = None) -> None:
+        self.loop, self.queue, self.journal = loop, queue, journal
 
     def _put(self, *item) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
@@ -104,8 +105,10 @@ class ShardEvents:
     def failed(self, bot_id, reason):
         self._put("failed", bot_id, reason)
 
-    def message(self, bot_id, message: Inbound, ack=None):
-        self._put("message", bot_id, message, ack)
+    def message(self, bot_id, message: Inbound):
+        # On disk before this returns, when WhatsApp counts it delivered (pool/journal.py).
+        seq = self.journal.append(bot_id, message) if self.journal is not None else 0
+        self._put("message", bot_id, message, seq)
 
     def qr_deadline(self, bot_id):
         """Not a provider's: the shard's own, when a QR was shown too long."""
@@ -139,11 +142,7 @@ async def pump(shard, queue: asyncio.Queue, handling: asyncio.Lock) -> None:
                     held = event
                     break
                 batch.append(event)
-            async with handling:
-                try:
-                    await shard.on_messages([(bot_id, message, ack) for _, bot_id, message, ack in batch])
-                except Exception:
-                    logger.exception("storing %d inbound messages failed", len(batch))
+            await shard.inbox.keep([(bot_id, message, seq) for _, bot_id, message, seq in batch])
             continue
         async with handling:
             hosted = shard.hosted.get(bot_id)

@@ -29,7 +29,7 @@ from bots.replies import Prompt, Work
 from pool.connection import HostedBot, Phase
 from pool.dbthreads import DbThreads
 from whatsapp.providers.base import NotConnected
-from whatsapp.state import Fenced, Publish
+from whatsapp.state import Publish
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class ReplyPipeline:
             self.submit(Work.of(message))
 
     async def recover(self, hosted: HostedBot) -> None:
-        for work in await self.db(replies.recover, hosted.bot_id, hosted.fence, hosted.provider.atomic_send):
+        for work in await self.db(replies.recover, hosted.bot_id, hosted.fence, hosted.provider.idempotent_send):
             self.submit(work)
 
     async def scan(self) -> None:
@@ -172,15 +172,12 @@ class ReplyPipeline:
         fence = hosted.fence
         if not await self.db(replies.claim, work.id, fence):
             return True  # sent or claimed already
-        atomic = hosted.provider.atomic_send
-        commit = functools.partial(replies.mark_sent, work.id, fence=fence if atomic else None)
+        commit = functools.partial(replies.mark_sent, work.id)
         try:
-            await client.send_text(work.chat, work.text, commit)
+            await client.send_text(work.chat, work.text, commit, ref=str(work.id))
         except NotConnected:
             await self.db(replies.requeue, work.id, fence)
             return False
-        except Fenced:
-            return True  # the lease moved while sending: nothing was sent, the next host sends it
         except Exception as exc:
             logger.warning("message %s: send failed: %r", work.id, exc)
             await self.db(replies.send_failed, work.id, fence, f"{type(exc).__name__}: {exc}")

@@ -25,14 +25,14 @@ from django.db import DatabaseError
 
 from botplatform import logs
 from bots.control import SHARDS_GROUP, wake_shards
-from bots.inbox import store_inbound
 from pool import leases
 from pool.connection import HostedBot, Phase, ShardEvents, pump
 from pool.dbthreads import DbThreads
+from pool.inbox import Inbox
 from pool.recycle import Drain
 from pool.replies import ReplyPipeline
 from whatsapp import state
-from whatsapp.providers.base import Inbound, Provider
+from whatsapp.providers.base import Provider
 from whatsapp.providers.neonize import NeonizeProvider
 from whatsapp.providers.simulator import SimulatorProvider
 
@@ -76,6 +76,7 @@ class Shard:
         self.hosted: dict[uuid.UUID, HostedBot] = {}
         self.placement = leases.Placement(self.ttl)
         self.replies = ReplyPipeline(self.hosted, self.publish)
+        self.inbox = Inbox(self)
         self.shutdown = False
         self.recycling = ""
         self.last_renewal = 0.0
@@ -113,7 +114,8 @@ class Shard:
 
     async def setup(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.events = ShardEvents(self.loop, self.queue)
+        self.inbox.open()
+        self.events = ShardEvents(self.loop, self.queue, self.inbox.journal)
         if not self.providers:
             self.providers = default_providers(self)
         for provider in self.providers.values():
@@ -139,6 +141,7 @@ class Shard:
         """One pass of reconciliation, each part safe to repeat; True when there is more to do at once."""
         try:
             await self.renew_leases()
+            await self.inbox.replay()
             await self.reconcile()
             more = await self.claim_bots()
             await self.start_due_retries()
@@ -288,29 +291,6 @@ class Shard:
                 hosted.start_deadline = None
                 self.events.start_overdue(hosted.bot_id)
 
-    # --- inbound messages --------------------------------------------------------------
-
-    async def on_messages(self, items: list[tuple[uuid.UUID, Inbound, Any]]) -> None:
-        """Store the messages of hosted bots, acknowledged in the same transaction, then reply to them."""
-        items = [item for item in items if item[0] in self.hosted]
-        if not items:
-            return
-        acked: dict[Provider, list[tuple[uuid.UUID, Any]]] = {}
-        for bot_id, _, ack in items:
-            if ack is not None:
-                acked.setdefault(self.hosted[bot_id].provider, []).append((bot_id, ack))
-        commits = [provider.acknowledger([ack for _, ack in acks]) for provider, acks in acked.items()]
-        try:
-            stored = await self.db(
-                store_inbound, [(bot_id, message) for bot_id, message, _ in items], [c for c in commits if c]
-            )
-        finally:
-            # Stored, or given up on: a provider may deliver again what was not marked delivered.
-            for provider, acks in acked.items():
-                for bot_id, ack in acks:
-                    provider.delivered(bot_id, ack)
-        for message in stored:
-            self.replies.received(message)
 
     # --- broadcasts and nudges -----------------------------------------------------------
 
@@ -392,6 +372,7 @@ class Shard:
         except Exception:
             logger.warning("could not release the leases of %s", self.shard_id, exc_info=True)
         await wake_shards()
+        self.inbox.close()
         self.db_threads.executor.shutdown(wait=False)
         logger.info("shard %s stopped", self.shard_id)
 

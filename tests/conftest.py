@@ -22,6 +22,22 @@ from tests.hosting import POLL
 from tests.processes import Proc, Web, start_pool, start_web
 from whatsapp.providers.simulator import SimulatorProvider
 
+DB_FIXTURES = {"db", "transactional_db", "live_server", "django_db_reset_sequences", "django_db_serialized_rollback"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the database gets the simulator's store too (whatsapp/routers.py): the
+    simulated WhatsApp is part of the world the tests run in, as the main database is."""
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        if marker is None and not DB_FIXTURES & set(getattr(item, "fixturenames", ())):
+            continue
+        kwargs = dict(marker.kwargs) if marker is not None else {}
+        if marker is not None and marker.args:
+            kwargs.setdefault("transaction", marker.args[0])
+        if kwargs.get("databases") is None:
+            item.add_marker(pytest.mark.django_db(**{**kwargs, "databases": "__all__"}), append=False)
+
 
 @pytest.fixture
 def alice(db) -> User:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from django.db import connection
+from django.db import connections
 
 from bots.management.commands.serve import daphne_args
 from whatsapp.providers.store import postgres_url
@@ -35,9 +35,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def database_url() -> str:
-    """A URL for the database the tests are using right now (the test database)."""
-    db = connection.settings_dict
+def database_url(alias: str = "default") -> str:
+    """A URL for a database the tests are using right now (the test database)."""
+    db = connections[alias].settings_dict
     if db["ENGINE"].endswith("sqlite3"):
         return f"sqlite:///{db['NAME']}"
     return postgres_url(db)
@@ -48,6 +48,7 @@ def process_env(**overrides: str | None) -> dict[str, str]:
     env.update(
         DJANGO_SETTINGS_MODULE="tests.settings",
         DATABASE_URL=database_url(),
+        WHATSAPP_SIMULATOR_URL=database_url("simulator"),
         PYTHONUNBUFFERED="1",
         NO_PROXY="127.0.0.1,localhost",
     )

@@ -121,13 +121,17 @@ class ConnectRequest(models.Model):
         return f"{self.bot_id} at {self.created_at}"
 
 
-# --- The simulator (docs/simulator.md): WhatsApp's servers and the phone, in the database ---
+# --- The simulator (docs/simulator.md): WhatsApp's servers and the phone, in a store of their own ---
+# (the "simulator" database, whatsapp/routers.py). They name their bot by id only: no constraint,
+# no cascade across databases; WhatsApp too keeps what it holds when a bot is deleted.
+
+SIMULATED_BOT = {"on_delete": models.DO_NOTHING, "db_constraint": False, "related_name": "+"}
 
 
 class SimulatorDevice(models.Model):
     """A simulated linked device: its auth state, as whatsmeow keeps a real one."""
 
-    bot = models.OneToOneField("bots.Bot", models.CASCADE, primary_key=True, related_name="simulator_device")
+    bot = models.OneToOneField("bots.Bot", primary_key=True, **SIMULATED_BOT)
     jid = models.CharField(max_length=128)
     phone = models.CharField(max_length=20)
     push_name = models.CharField(max_length=128, blank=True)
@@ -148,7 +152,7 @@ class SimulatorCommand(models.Model):
         UNLINK = "unlink"
         DROP = "drop"
 
-    bot = models.ForeignKey("bots.Bot", models.CASCADE, related_name="+")
+    bot = models.ForeignKey("bots.Bot", **SIMULATED_BOT)
     kind = models.CharField(max_length=8, choices=Kind.choices)
     data = models.JSONField(default=dict)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -164,7 +168,7 @@ class SimulatorCommand(models.Model):
 class SimulatorInbound(models.Model):
     """A message waiting on WhatsApp's servers for the bot, like its offline queue."""
 
-    bot = models.ForeignKey("bots.Bot", models.CASCADE, related_name="+")
+    bot = models.ForeignKey("bots.Bot", **SIMULATED_BOT)
     wa_id = models.CharField(max_length=128)
     chat = models.CharField(max_length=128)
     sender = models.CharField(max_length=128)
@@ -206,14 +210,19 @@ class SimulatorInbound(models.Model):
 class SimulatorSent(models.Model):
     """What the simulated network received from a bot; kept across restarts."""
 
-    bot = models.ForeignKey("bots.Bot", models.CASCADE, related_name="+")
+    bot = models.ForeignKey("bots.Bot", **SIMULATED_BOT)
     wa_id = models.CharField(max_length=128, unique=True)
     to = models.CharField(max_length=128)
     text = models.TextField()
+    # The sender's own id for the message (the platform's outbox row): the same ref twice is one message.
+    ref = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["bot", "ref"], condition=~models.Q(ref=""), name="sim_sent_once_per_ref")
+        ]
 
     def __str__(self) -> str:
         return f"{self.wa_id} to {self.to}"

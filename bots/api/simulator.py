@@ -38,13 +38,25 @@ class Scan(Schema):
 
 class InboundIn(Schema):
     # A text message (the default type) needs a text: either another type, or a text of one character or more.
+    # A senderAlt goes only with a `from` that is a LID.
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
         json_schema_extra={
-            "anyOf": [
-                {"required": ["type"], "properties": {"type": {"enum": ["image", "audio", "sticker"]}}},
-                {"required": ["text"], "properties": {"text": {"minLength": 1}}},
+            "allOf": [
+                {
+                    "anyOf": [
+                        {"required": ["type"], "properties": {"type": {"enum": ["image", "audio", "sticker"]}}},
+                        {"required": ["text"], "properties": {"text": {"minLength": 1}}},
+                    ]
+                },
+                {
+                    "anyOf": [
+                        {"not": {"required": ["senderAlt"]}},
+                        {"properties": {"senderAlt": {"type": "null"}}},
+                        {"properties": {"from": {"type": "string", "pattern": "@lid$"}}},
+                    ]
+                },
             ]
         },
     )

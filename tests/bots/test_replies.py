@@ -15,7 +15,6 @@ from bots.replies import ASK, CANNED, FAIL, IGNORE, Work
 from tests.helpers import make_bot
 from whatsapp.models import Session, SimulatorSent
 from whatsapp.providers.simulator import _send
-from whatsapp.state import Fenced
 
 CUSTOMER = "5511911112222@s.whatsapp.net"
 GROUP = "120363025246125888@g.us"
@@ -315,7 +314,7 @@ def test_it_sends_each_outbox_message_once_under_the_lease(bot):
     assert not replies.claim(queued.pk, ("shard-b", 3))
     assert replies.claim(queued.pk, FENCE)
     assert not replies.claim(queued.pk, FENCE), "claimed already"
-    wa_id = _send(bot.pk, CUSTOMER, queued.text, functools.partial(replies.mark_sent, queued.pk, fence=FENCE))
+    wa_id = _send(bot.pk, CUSTOMER, queued.text, functools.partial(replies.mark_sent, queued.pk), "")
 
     queued.refresh_from_db()
     assert (queued.status, queued.wa_id) == (MessageStatus.SENT, wa_id)
@@ -324,16 +323,32 @@ def test_it_sends_each_outbox_message_once_under_the_lease(bot):
 
 
 @pytest.mark.django_db
-def test_it_undoes_a_simulated_send_when_the_lease_moved_meanwhile(bot):
+def test_a_send_that_left_is_sent_even_when_the_lease_moved_meanwhile(bot):
+    # As with neonize: the network has the message before the platform can record it, so a lease
+    # lost in between cannot undo it; the record says what the customer got.
     queued = stored(bot, "Seu pedido saiu!", direction=Direction.OUT, status=MessageStatus.QUEUED)
     assert replies.claim(queued.pk, FENCE)
     Session.objects.filter(pk=bot.pk).update(lease_owner="shard-b", lease_epoch=4)
 
-    with pytest.raises(Fenced):
-        _send(bot.pk, CUSTOMER, queued.text, functools.partial(replies.mark_sent, queued.pk, fence=FENCE))
+    wa_id = _send(bot.pk, CUSTOMER, queued.text, functools.partial(replies.mark_sent, queued.pk), str(queued.pk))
 
-    assert status_of(queued) == (MessageStatus.SENDING, "")
-    assert not SimulatorSent.objects.exists(), "the send and its mark are one transaction"
+    assert status_of(queued) == (MessageStatus.SENT, "")
+    assert list(SimulatorSent.objects.values_list("wa_id", "text")) == [(wa_id, "Seu pedido saiu!")]
+
+
+@pytest.mark.django_db
+def test_a_simulated_send_repeated_under_its_ref_reaches_the_customer_once(bot):
+    # A host died after the network had the message and before its `sent` mark: its next host sends
+    # it again, under the same ref, and the customer's phone shows it once.
+    queued = stored(bot, "Seu pedido saiu!", direction=Direction.OUT, status=MessageStatus.SENDING)
+    first = _send(bot.pk, CUSTOMER, queued.text, None, str(queued.pk))
+
+    again = _send(bot.pk, CUSTOMER, queued.text, functools.partial(replies.mark_sent, queued.pk), str(queued.pk))
+
+    assert again == first
+    assert SimulatorSent.objects.filter(bot_id=bot.pk).count() == 1
+    queued.refresh_from_db()
+    assert (queued.status, queued.wa_id) == (MessageStatus.SENT, first)
 
 
 @pytest.mark.django_db
@@ -344,16 +359,16 @@ def test_it_puts_back_or_fails_what_a_dead_host_was_sending(bot):
     queued = stored(bot, "Até", direction=Direction.OUT, status=MessageStatus.QUEUED)
     stored(bot, "Enviada", direction=Direction.OUT, status=MessageStatus.SENT)
 
-    work = replies.recover(bot.pk, FENCE, atomic_send=True)
+    work = replies.recover(bot.pk, FENCE, resend=True)
 
-    # The simulator's send and its mark are one transaction: a `sending` row never left.
+    # The simulator delivers one message per ref: sent again, it arrives once.
     assert status_of(sending) == (MessageStatus.QUEUED, "")
     assert [w.id for w in work] == [asked.pk, waiting.pk, sending.pk, queued.pk]
 
     Message.objects.filter(pk=sending.pk).update(status=MessageStatus.SENDING)
-    replies.recover(bot.pk, FENCE, atomic_send=False)
+    replies.recover(bot.pk, FENCE, resend=False)
 
-    # neonize: it may have left. Sending it again could double it, so it is not sent again.
+    # neonize: it may have left, and cannot be sent again under its id: not sent again.
     assert status_of(sending) == (MessageStatus.FAILED, replies.INTERRUPTED)
 
 

@@ -305,13 +305,14 @@ async def test_it_sends_operator_messages_from_the_outbox(shards, alice, fake_ge
     assert (await orm(Message.objects.get, pk=queued.pk)).wa_id
 
 
-async def test_it_picks_up_what_a_dead_shard_left_and_sends_nothing_twice(shards, alice, fake_gemini):
+@pytest.mark.parametrize("it_had_left", [False, True], ids=["send-not-made", "send-made-not-marked"])
+async def test_it_picks_up_what_a_dead_shard_left_and_sends_nothing_twice(shards, alice, fake_gemini, it_had_left):
     bot = await orm(paired, alice)
 
     def left_behind() -> tuple[Message, Message, Message]:
         # A shard died holding the lease (epoch 1): one message was being answered, one
-        # reply was being sent (the simulator's send and its mark are one transaction:
-        # it did not leave), and one reply was queued.
+        # reply was being sent (it may have reached the network before the host died, its
+        # `sent` mark not), and one reply was queued.
         Session.objects.filter(pk=bot.pk).update(lease_epoch=1)
         asked = Message.objects.create(
             bot=bot, chat=CUSTOMER, sender=CUSTOMER, direction=Direction.IN, wa_id="A", text="Oi", status="replying"
@@ -322,6 +323,8 @@ async def test_it_picks_up_what_a_dead_shard_left_and_sends_nothing_twice(shards
         sending = Message.objects.create(
             bot=bot, chat=CUSTOMER, direction=Direction.OUT, text="Tudo sim!", status="sending", in_reply_to=answered
         )
+        if it_had_left:
+            SimulatorSent.objects.create(bot=bot, wa_id="3EB0LEFT", to=CUSTOMER, text="Tudo sim!", ref=str(sending.pk))
         queued = Message.objects.create(bot=bot, chat=CUSTOMER, direction=Direction.OUT, text="Até", status="queued")
         return asked, sending, queued
 
@@ -333,6 +336,8 @@ async def test_it_picks_up_what_a_dead_shard_left_and_sends_nothing_twice(shards
     assert len(fake_gemini.requests) == 1
     for row in (sending, queued):
         assert (await orm(Message.objects.get, pk=row.pk)).status == MessageStatus.SENT
+    if it_had_left:
+        assert (await orm(Message.objects.get, pk=sending.pk)).wa_id == "3EB0LEFT", "the send that left, recorded"
     assert (await orm(Message.objects.get, pk=asked.pk)).status == MessageStatus.REPLIED
 
 

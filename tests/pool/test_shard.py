@@ -471,7 +471,7 @@ class StubClient(Client):
     async def logout(self) -> None:
         pass
 
-    async def send_text(self, to: str, text: str, commit=None) -> str:
+    async def send_text(self, to: str, text: str, commit=None, ref: str = "") -> str:
         raise ConnectionError("not connected")
 
 

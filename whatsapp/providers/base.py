@@ -71,7 +71,9 @@ class Events(Protocol):
 
     def failed(self, bot_id: uuid.UUID, reason: str) -> None: ...
 
-    def message(self, bot_id: uuid.UUID, message: Inbound, ack: object = None) -> None: ...
+    def message(self, bot_id: uuid.UUID, message: Inbound) -> None:
+        """A message reached the bot. Once this returns, WhatsApp counts it delivered and will not deliver
+        it again: the shard's implementation has it on disk (its journal) by then."""
 
 
 class Client:
@@ -98,12 +100,13 @@ class Client:
         """Unlink the device on the server and delete its stored state."""
         raise NotImplementedError
 
-    async def send_text(self, to: str, text: str, commit: Commit | None = None) -> str:
+    async def send_text(self, to: str, text: str, commit: Commit | None = None, ref: str = "") -> str:
         """Send a text message; returns its WhatsApp id.
 
-        ``commit(wa_id)`` records the send: a provider with ``atomic_send`` runs it in
-        the same transaction as the send itself (an exception undoes both); others run
-        it right after. Raises :class:`NotConnected` when nothing was sent.
+        ``commit(wa_id)`` records the send, run right after the message left (a crash in
+        between leaves it ``sending``). ``ref`` is the platform's own id for the message: a
+        provider with ``idempotent_send`` delivers the same ref once, however often it is sent.
+        Raises :class:`NotConnected` when nothing was sent.
         """
         raise NotImplementedError
 
@@ -112,9 +115,9 @@ class Provider:
     """A WhatsApp implementation: one per shard process, making the clients of its bots."""
 
     name = ""
-    # Whether a send and its commit callback are one transaction (the simulator's are):
-    # then a send interrupted by a crash is sent again, never twice.
-    atomic_send = False
+    # Whether sending a message again under the same ``ref`` delivers it once: then a send that a
+    # crash cut short is sent again (never twice); otherwise it is marked failed, not risked twice.
+    idempotent_send = False
     # Whether the implementation keys its clients by phone number, so that two bots
     # linked to one number must never be hosted by one process (neonize does).
     one_client_per_number = False
@@ -138,10 +141,3 @@ class Provider:
     def recycle_reason(self) -> str:
         """Why the shard should hand its bots over and be replaced by a fresh process ("" for no reason)."""
         return ""
-
-    def acknowledger(self, acks: list[Any]) -> Callable[[], None] | None:
-        """What the shard runs in the transaction that stores the inbound messages these ``acks`` came with."""
-        return None
-
-    def delivered(self, bot_id: uuid.UUID, ack: Any) -> None:
-        """The shard stored the inbound message ``ack`` came with, or gave up on it."""

@@ -38,6 +38,7 @@ from django.conf import settings
 from django.db import transaction
 
 from botplatform.outbound_proxy import masked
+from whatsapp.providers import connect_failures
 from whatsapp.providers.base import Client, Commit, Db, Device, Events, NotConnected, Provider
 from whatsapp.providers.gocalls import GoCalls
 from whatsapp.providers.neonize_events import Handlers, jid_from_string
@@ -124,8 +125,11 @@ class NeonizeClient(Client):
                 self.events.disconnected(self.bot_id, "connection closed")
         except Exception as exc:
             if not self.stopping:
-                # Go's error may quote the proxy's URL: its password stays out of lastError and the logs.
-                reason = masked(f"connect failed: {exc}", proxy.proxy_address if proxy else "")
+                # An event neonize could not pass on ends connect(): say what it was. Go's error may
+                # quote the proxy's URL: its password stays out of lastError and the logs.
+                reason = connect_failures.unpassed(str(exc)) or masked(
+                    f"connect failed: {exc}", proxy.proxy_address if proxy else ""
+                )
                 self.events.disconnected(self.bot_id, reason)
         finally:
             self.dial_over.set()

@@ -260,7 +260,7 @@ class Handlers:
     def message(self, client, event) -> None:
         inbound = inbound_from(event)
         if inbound is not None:
-            self.events.message(self.bot_id, inbound, None)
+            self.events.message(self.bot_id, inbound)
 
     def register(self, client) -> None:
         from neonize import events as ev

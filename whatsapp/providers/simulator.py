@@ -1,28 +1,32 @@
-"""The simulator provider: WhatsApp's servers and the phone, kept in the database.
+"""The simulator provider: WhatsApp's servers and the phone, kept in a store of their own.
 
-The web only writes rows (commands, pending inbound messages); the shard that
-hosts a bot acts on them here. One ``SimulatorProvider`` per shard polls the
-rows of all its bots at once, so hosting hundreds of bots costs a few queries
-per tick, not a few per bot.
+The web only writes rows (commands, pending inbound messages) into the simulator's
+store (``WHATSAPP_SIMULATOR_URL``, whatsapp/routers.py); the shard that hosts a bot
+acts on them here. One ``SimulatorProvider`` per shard polls the rows of all its
+bots at once, so hosting hundreds of bots costs a few queries per tick, not a few
+per bot.
+
+Delivery is neonize's (docs/simulator.md): a message is acknowledged, never to be
+delivered again, as soon as the callback that hands it to the shard returns, before
+the shard has stored it; and a send is not one transaction with its record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import logging
 import os
 import random
 import secrets
 import uuid
-from collections.abc import Callable
 
 from django.db import transaction
 from django.utils import timezone
 
 from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent
-from whatsapp.providers.base import Client, Commit, Db, Device, Events, NotConnected, Provider
+from whatsapp.providers.base import Client, Commit, Db, Device, Events, Inbound, NotConnected, Provider
+from whatsapp.routers import SIMULATOR_DB
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ class StreamReplaced(Exception):
 
 def _connect_device(bot_id: uuid.UUID, connection_id: str) -> SimulatorDevice | None:
     """Open a connection for a paired device; None when there is no device (logged out)."""
-    with transaction.atomic():
+    with transaction.atomic(using=SIMULATOR_DB):
         device = SimulatorDevice.objects.select_for_update().filter(pk=bot_id).first()
         if device is None:
             return None
@@ -124,12 +128,10 @@ def _heartbeat(connection_ids: list[str]) -> set[str]:
     return set(SimulatorDevice.objects.filter(connection_id__in=connection_ids).values_list("connection_id", flat=True))
 
 
-def _pending(bot_ids: list[uuid.UUID], connected: list[uuid.UUID], exclude_inbound: list[int]):
+def _pending(bot_ids: list[uuid.UUID], connected: list[uuid.UUID]):
     commands = list(SimulatorCommand.objects.filter(bot_id__in=bot_ids, done_at__isnull=True).order_by("id")[:500])
     inbound = list(
-        SimulatorInbound.objects.filter(bot_id__in=connected, delivered_at__isnull=True)
-        .exclude(pk__in=exclude_inbound)
-        .order_by("id")[:500]
+        SimulatorInbound.objects.filter(bot_id__in=connected, delivered_at__isnull=True).order_by("id")[:500]
     )
     return commands, inbound
 
@@ -138,16 +140,31 @@ def _done(command_ids: list[int]) -> None:
     SimulatorCommand.objects.filter(pk__in=command_ids).update(done_at=timezone.now())
 
 
-def mark_delivered(inbound_ids: list[int]) -> None:
-    """Run inside the transaction that stores the messages: delivered only once stored."""
+def _acknowledge(inbound_ids: list[int]) -> None:
+    """WhatsApp's server got the receipt: it never delivers these again, stored or not."""
     SimulatorInbound.objects.filter(pk__in=inbound_ids, delivered_at__isnull=True).update(delivered_at=timezone.now())
 
 
-def _send(bot_id: uuid.UUID, to: str, text: str, commit: Commit | None) -> str:
-    wa_id = new_message_id()
-    with transaction.atomic():
-        SimulatorSent.objects.create(bot_id=bot_id, wa_id=wa_id, to=to, text=text)
-        if commit is not None:
+def _hand_over(handed: list[tuple[Events, uuid.UUID, Inbound, int]]) -> None:
+    """As neonize's callback on a Go thread: once it returns, WhatsApp counts the message delivered."""
+    for events, bot_id, message, _ in handed:
+        events.message(bot_id, message)
+    _acknowledge([pk for *_, pk in handed])
+
+
+def _send(bot_id: uuid.UUID, to: str, text: str, commit: Commit | None, ref: str) -> str:
+    # The network has the message once this row is written; the platform's record of the send is
+    # another database's transaction, after it. A crash in between leaves the message `sending`, and
+    # sending it again under the same ref delivers nothing new: the first send's id is the answer.
+    with transaction.atomic(using=SIMULATOR_DB):
+        earlier = SimulatorSent.objects.filter(bot_id=bot_id, ref=ref).first() if ref else None
+        if earlier is not None:
+            wa_id = earlier.wa_id
+        else:
+            wa_id = new_message_id()
+            SimulatorSent.objects.create(bot_id=bot_id, wa_id=wa_id, to=to, text=text, ref=ref)
+    if commit is not None:
+        with transaction.atomic():
             commit(wa_id)
     return wa_id
 
@@ -167,7 +184,6 @@ class SimulatorClient(Client):
         self.showing_qr = False
         self.pairing_code = ""
         self.valid_codes: list[str] = []
-        self.in_flight: set[int] = set()
         self._qr_task: asyncio.Task | None = None
         self._dial_task: asyncio.Task | None = None
 
@@ -239,10 +255,10 @@ class SimulatorClient(Client):
         await self.stop()
         await self.provider.db(_forget_device, self.bot_id)
 
-    async def send_text(self, to: str, text: str, commit: Commit | None = None) -> str:
+    async def send_text(self, to: str, text: str, commit: Commit | None = None, ref: str = "") -> str:
         if not self.connected:
             raise NotConnected("not connected")
-        return await self.provider.db(_send, self.bot_id, to, text, commit)
+        return await self.provider.db(_send, self.bot_id, to, text, commit, ref)
 
     # Called by the provider's tick, on the loop.
 
@@ -272,7 +288,6 @@ class SimulatorClient(Client):
         if self.connected:
             # The server closed the socket: the connection is gone on its side too.
             self.connected = False
-            self.in_flight.clear()
             await self.provider.db(_release, [self.connection_id])
             self.events.disconnected(self.bot_id, "network dropped")
 
@@ -284,8 +299,8 @@ class SimulatorClient(Client):
 
 class SimulatorProvider(Provider):
     name = "simulator"
-    # The simulated send and its commit callback are one transaction: it never doubles.
-    atomic_send = True
+    # A send carries the platform's id for it, and the same id twice is one message.
+    idempotent_send = True
 
     def __init__(self, db: Db, *, poll_interval: float = 0.5) -> None:
         self.db = db
@@ -310,16 +325,6 @@ class SimulatorProvider(Provider):
 
     def wake(self) -> None:
         self._wake.set()
-
-    def acknowledger(self, inbound_ids: list[int]) -> Callable[[], None]:
-        """What the shard runs inside the transaction that stores these messages."""
-        return functools.partial(mark_delivered, inbound_ids)
-
-    def delivered(self, bot_id: uuid.UUID, inbound_id: int) -> None:
-        """The shard stored an inbound message (or gave up on it): it may be fetched again if not marked."""
-        client = self.clients.get(bot_id)
-        if client is not None:
-            client.in_flight.discard(inbound_id)
 
     async def _run(self) -> None:
         while True:
@@ -348,8 +353,7 @@ class SimulatorProvider(Provider):
                     if connection_id not in still_ours:
                         client.replaced()
         connected = [bot_id for bot_id, c in self.clients.items() if c.connected]
-        in_flight = [pk for c in self.clients.values() for pk in c.in_flight]
-        commands, inbound = await self.db(_pending, list(self.clients), connected, in_flight)
+        commands, inbound = await self.db(_pending, list(self.clients), connected)
         done = []
         for command in commands:
             client = self.clients.get(command.bot_id)
@@ -364,10 +368,11 @@ class SimulatorProvider(Provider):
                 await client.drop()
         if done:
             await self.db(_done, done)
+        handed = []
         for row in inbound:
             client = self.clients.get(row.bot_id)
             if client is None or not client.connected:
                 continue
-            client.in_flight.add(row.pk)
-            message = row.inbound()
-            client.events.message(row.bot_id, message, row.pk)
+            handed.append((client.events, row.bot_id, row.inbound(), row.pk))
+        if handed:
+            await self.db(_hand_over, handed)
