@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from whatsapp import jids
+from whatsapp.providers import connect_failures
 from whatsapp.providers.base import Events, Inbound
 
 logger = logging.getLogger(__name__)
@@ -219,16 +220,9 @@ class Handlers:
         self._connected(client)
 
     def logged_out(self, client, event) -> None:
-        from neonize.proto import Neonize_pb2 as proto
-
         # whatsmeow's codes (connectionevents.go): 401 unlinked, 403 locked, 406 banned; the store
         # row is deleted in every case. What the operator can do differs: say which.
-        reasons = {
-            proto.MAIN_DEVICE_GONE: "the WhatsApp account is locked (403): open WhatsApp on the phone",
-            proto.UNKNOWN_LOGOUT: "the number is banned from WhatsApp (406)",
-        }
-        reason = reasons.get(event.Reason) if event.OnConnect else None
-        self.events.logged_out(self.bot_id, reason or "unlinked from the phone")
+        self.events.logged_out(self.bot_id, connect_failures.logged_out(event))
 
     def stream_replaced(self, client, event) -> None:
         self.events.failed(self.bot_id, "stream_replaced")
@@ -243,19 +237,12 @@ class Handlers:
         self.events.failed(self.bot_id, f"temporary_ban: {reason.lower()}, until {until} ({event.Expire} s)")
 
     def client_outdated(self, client, event) -> None:
-        self.events.failed(self.bot_id, "client_outdated: this neonize version is too old for WhatsApp")
+        self.events.failed(self.bot_id, connect_failures.REASONS[405][1])
 
     def connect_failure(self, client, event) -> None:
-        from neonize.proto import Neonize_pb2 as proto
-
-        reason = proto.ConnectFailureReason.Name(event.Reason) if event.Reason else "GENERIC"
-        detail = f"connect failure ({reason.lower()}){': ' + event.Message if event.Message else ''}"
-        if event.Reason in (proto.LOGGED_OUT, proto.MAIN_DEVICE_GONE, proto.UNKNOWN_LOGOUT):
-            self.events.logged_out(self.bot_id, detail)
-        elif event.Reason in (proto.TEMP_BANNED, proto.CLIENT_OUTDATED, proto.BAD_USER_AGENT):
-            self.events.failed(self.bot_id, detail)
-        else:
-            self.events.disconnected(self.bot_id, detail)
+        # By code (connect_failures.py): retried, the end, or logged out, each saying what to do.
+        outcome, reason = connect_failures.connect_failure(event)
+        getattr(self.events, outcome.value)(self.bot_id, reason)
 
     def message(self, client, event) -> None:
         inbound = inbound_from(event)
