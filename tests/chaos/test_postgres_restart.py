@@ -12,17 +12,23 @@ answer.
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import pytest
+from django.utils import timezone
 
-from tests.chaos.people import Conversations, healthz
+from tests.chaos.people import Conversations, chat_of, healthz, phone
 from tests.fake_gemini import held
 from tests.processes import ROOT, process_env, start_pool, start_web, wait_until
 from tests.whatsapp.live import Frames, create_bot, open_events, pair, status_of
+from whatsapp.models import SimulatorInbound
 
 pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True), pytest.mark.timeout(150)]
 
@@ -102,3 +108,58 @@ def test_it_recovers_by_itself_when_postgresql_restarts(private_postgres, fake_g
             "SELECT count(*) FROM whatsapp_sessionevent WHERE frame->>'lastError' = 'stream_replaced'"
         )
         assert replaced.fetchone() == (0,), "the bot was never hosted twice at once"
+
+
+def test_what_arrives_while_postgresql_is_down_is_answered_even_when_the_shard_dies_meanwhile(
+    private_postgres, fake_gemini, stop_at_end
+):
+    """WhatsApp keeps delivering while the platform's database is down, and counts each message
+    delivered once the shard's callback returns. The shard is then killed before it could store
+    them: only its journal has them. Once PostgreSQL is back, each is answered once."""
+    database_url = private_postgres.create_database("botplatform")
+    manage(database_url, "migrate", "--no-input")
+    manage(database_url, "ensure_admin", "--username", "operator")
+    token = manage(database_url, "create_api_token", "operator").splitlines()[-1]
+    env = {"DATABASE_URL": database_url, "GEMINI_BASE_URL": fake_gemini.url}
+    web = start_web(**env)
+    stop_at_end(web.proc)
+    pool = stop_at_end(start_pool(**env))
+    bot_id = create_bot(web, token)["id"]
+    people = Conversations(web, token, bot_id)
+    with open_events(web, bot_id, token) as ws:
+        pair(web, token, bot_id, Frames(ws))
+    people.write(1, "Bom dia")
+    people.wait_for_answers(timeout=20)
+
+    private_postgres.stop()
+    during = []
+    for n in range(2, 12):
+        # Written to the simulated WhatsApp's own store, as the network delivers while the API is down.
+        text = f"Alguém aí? ({n})"
+        during.append(
+            SimulatorInbound.objects.create(
+                bot_id=uuid.UUID(bot_id),
+                wa_id=f"3EB0{uuid.uuid4().hex[:16].upper()}",
+                chat=chat_of(phone(n)),
+                sender=chat_of(phone(n)),
+                text=text,
+                timestamp=timezone.now(),
+            )
+        )
+        people.expected[(chat_of(phone(n)), f"echo: {text}")] += 1
+    wait_until(
+        lambda: not SimulatorInbound.objects.filter(pk__in=[row.pk for row in during], delivered_at=None).exists(),
+        timeout=10,
+        message=f"WhatsApp did not deliver while the database was down:\n{pool.log()}",
+    )
+    shard_pid = int(re.findall(r"shard 0 started as pid (\d+)", pool.log())[-1])
+    os.kill(shard_pid, signal.SIGKILL)  # acknowledged, not stored: only the journal has them
+    time.sleep(1)
+    private_postgres.start()
+
+    people.wait_for_answers(timeout=60)
+    assert re.search(r"replayed 10 messages", pool.log()), pool.log()
+    status, _, body = web.request("GET", f"/api/bots/{bot_id}/messages?limit=200", token=token)
+    assert status == 200, body
+    inbound = [m for m in body["messages"] if m["direction"] == "in"]
+    assert len(inbound) == 11 and {m["status"] for m in inbound} == {"replied"}
