@@ -1,10 +1,9 @@
 """A shard taking over a dead shard's bot keeps its own bots meanwhile (DESIGN.md invariant 3, section 7).
 
 In-process, with the simulator, on any database. The dead shard's connection was seen moments
-ago, so the new client waits for it to count as gone (else WhatsApp would see a stream
-replaced). That wait must not hold up the shard's lease renewals: with the shortest lease
-allowed, another shard would take the bots it already hosts, and their people would see them
-reconnect for nothing.
+ago; the new one replaces it, as the newest connection of a device does on WhatsApp. Taking the
+bot must not hold up the shard's lease renewals: with the shortest lease allowed, another shard
+would take the bots it already hosts, and their people would see them reconnect for nothing.
 """
 
 from __future__ import annotations

@@ -32,9 +32,12 @@ logger = logging.getLogger(__name__)
 
 # WhatsApp's QR schedule (whatsmeow qrchan.go): the first code lives 60 s, then 20 s each.
 QR_LIFETIMES = (60.0, 20.0, 20.0, 20.0, 20.0, 20.0)
+# How often a live connection checks it is still the device's: an older one learns within this that a
+# newer one replaced it (WhatsApp tells it at once, with a stream error).
 HEARTBEAT_SECONDS = 2.0
-# A connection seen this recently is alive: a second one for the same device is a stream replaced.
-LIVE_WINDOW_SECONDS = 6.0
+# After a network drop, whatsmeow dials again by itself, the same client (at 0, 2, 4... s; a dial
+# takes about a second): the simulated client is back after this long.
+RECONNECT_SECONDS = 1.0
 # whatsmeow's pairing-code alphabet (pair-code.go, linkingBase32): no 0, O, I or U.
 PAIRING_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"
 
@@ -66,36 +69,19 @@ def new_message_id() -> str:
 # --- Database steps (sync; run on the shard's DB threads) -----------------------
 
 
-class StreamReplaced(Exception):
-    pass
-
-
 def _connect_device(bot_id: uuid.UUID, connection_id: str) -> SimulatorDevice | None:
-    """Open a connection for a paired device; None when there is no device (logged out)."""
+    """Open a connection for a paired device; None when there is no device (logged out).
+
+    The newest connection of a device wins, as on WhatsApp: an older one still alive finds at its
+    next heartbeat that the device is no longer its own, and gets ``stream_replaced``.
+    """
     with transaction.atomic(using=SIMULATOR_DB):
         device = SimulatorDevice.objects.select_for_update().filter(pk=bot_id).first()
         if device is None:
             return None
-        now = timezone.now()
-        if (
-            device.connection_id
-            and device.connection_id != connection_id
-            and device.last_seen
-            and (now - device.last_seen).total_seconds() < LIVE_WINDOW_SECONDS
-        ):
-            raise StreamReplaced(device.connection_id)
-        device.connection_id, device.last_seen = connection_id, now
+        device.connection_id, device.last_seen = connection_id, timezone.now()
         device.save(update_fields=["connection_id", "last_seen"])
         return device
-
-
-def _live_connection_age(bot_id: uuid.UUID, connection_id: str) -> float | None:
-    """Seconds since another live connection of this device was seen, if one may be live."""
-    device = SimulatorDevice.objects.filter(pk=bot_id).first()
-    if device is None or not device.connection_id or device.connection_id == connection_id or not device.last_seen:
-        return None
-    age = (timezone.now() - device.last_seen).total_seconds()
-    return age if age < LIVE_WINDOW_SECONDS else None
 
 
 def _pair(bot_id: uuid.UUID, connection_id: str, phone: str, push_name: str) -> SimulatorDevice:
@@ -189,29 +175,19 @@ class SimulatorClient(Client):
 
     async def start(self) -> None:
         self.provider.clients[self.bot_id] = self
-        age = await self.provider.db(_live_connection_age, self.bot_id, self.connection_id)
-        if age is None:
-            await self._connect()
-            return
-        # Another connection was alive moments ago (its host just died, or is still up): connect once
-        # it would count as gone; if it is still alive then, WhatsApp replaces it. The wait goes on in
-        # the background, as a real dial does: the shard's loop (its lease renewals) must not stop for it.
-        self._dial_task = asyncio.create_task(self._connect_after(LIVE_WINDOW_SECONDS - age + 0.5))
+        await self._connect()
 
-    async def _connect_after(self, delay: float) -> None:
-        await asyncio.sleep(delay)
+    async def _reconnect(self) -> None:
+        # The same client dials again by itself, as whatsmeow does after a drop.
+        await asyncio.sleep(self.provider.reconnect_delay)
         try:
             await self._connect()
         except Exception as exc:
-            logger.warning("bot %s: simulated connect failed: %s", self.bot_id, exc)
+            logger.warning("bot %s: simulated reconnect failed: %s", self.bot_id, exc)
             self.events.disconnected(self.bot_id, f"connect failed: {exc}")
 
     async def _connect(self) -> None:
-        try:
-            device = await self.provider.db(_connect_device, self.bot_id, self.connection_id)
-        except StreamReplaced:
-            self.events.failed(self.bot_id, "stream_replaced")
-            return
+        device = await self.provider.db(_connect_device, self.bot_id, self.connection_id)
         if device is not None:
             self.connected = True
             self.events.connected(self.bot_id)
@@ -257,7 +233,7 @@ class SimulatorClient(Client):
 
     async def send_text(self, to: str, text: str, commit: Commit | None = None, ref: str = "") -> str:
         if not self.connected:
-            raise NotConnected("not connected")
+            raise NotConnected("websocket not connected")  # whatsmeow's ErrNotConnected
         return await self.provider.db(_send, self.bot_id, to, text, commit, ref)
 
     # Called by the provider's tick, on the loop.
@@ -286,10 +262,12 @@ class SimulatorClient(Client):
 
     async def drop(self) -> None:
         if self.connected:
-            # The server closed the socket: the connection is gone on its side too.
+            # The server closed the socket: the connection is gone on its side too. whatsmeow says so
+            # (Disconnected) and dials again by itself, the same client; sends fail meanwhile.
             self.connected = False
             await self.provider.db(_release, [self.connection_id])
-            self.events.disconnected(self.bot_id, "network dropped")
+            self.events.reconnecting(self.bot_id, "network dropped")
+            self._dial_task = asyncio.create_task(self._reconnect())
 
     def replaced(self) -> None:
         if self.connected:
@@ -302,9 +280,10 @@ class SimulatorProvider(Provider):
     # A send carries the platform's id for it, and the same id twice is one message.
     idempotent_send = True
 
-    def __init__(self, db: Db, *, poll_interval: float = 0.5) -> None:
+    def __init__(self, db: Db, *, poll_interval: float = 0.5, reconnect_delay: float = RECONNECT_SECONDS) -> None:
         self.db = db
         self.poll_interval = poll_interval
+        self.reconnect_delay = reconnect_delay
         self.clients: dict[uuid.UUID, SimulatorClient] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None

@@ -1,0 +1,75 @@
+"""The simulator behaves as whatsmeow does where the platform depends on it.
+
+The newest connection of a device wins and the older one is told (stream_replaced); after a
+network drop the same client comes back by itself, refusing sends meanwhile with whatsmeow's
+error; a send repeated under its ref is one message.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pool.connection import Phase
+from tests.hosting import POLL, command, connected, orm, session_row, step_until, until
+from whatsapp.models import SimulatorCommand, SimulatorSent, Status
+from whatsapp.providers.base import Device, NotConnected
+from whatsapp.providers.simulator import SimulatorProvider
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+
+CUSTOMER = "5511912345678@s.whatsapp.net"
+
+
+class Heard:
+    """A second host's events, as its shard would get them."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+    def __getattr__(self, kind: str):
+        return lambda *args, **kwargs: self.kinds.append(kind)
+
+
+async def test_the_newest_connection_of_a_device_wins_and_the_older_is_told(shards, alice):
+    shard, bot = await connected(shards, alice)
+    elsewhere = SimulatorProvider(shard.db, poll_interval=POLL)
+    heard = Heard()
+    # Another host connects the same linked device (two platforms on one number, say).
+    newer = elsewhere.client(Device(bot_id=bot.pk, jid=(await orm(session_row, bot)).jid), heard)
+    await newer.start()
+
+    await step_until(shard, lambda: session_row(bot).status == Status.FAILED)
+
+    session = await orm(session_row, bot)
+    assert session.last_error == "stream_replaced"
+    assert heard.kinds == ["connected"] and newer.connected, "the newer one stays"
+    await newer.stop()
+
+
+async def test_after_a_drop_the_same_client_comes_back_by_itself(shards, alice):
+    shard, bot = await connected(shards, alice)
+    hosted = shard.hosted[bot.pk]
+    client = hosted.client
+
+    await orm(command, bot, SimulatorCommand.Kind.DROP)
+    await step_until(shard, lambda: session_row(bot).status == Status.CONNECTING)
+    with pytest.raises(NotConnected, match="websocket not connected"):
+        await client.send_text(CUSTOMER, "Oi")
+    await until(lambda: hosted.phase is Phase.CONNECTED)
+
+    assert hosted.client is client, "whatsmeow reconnects the client it has: none is made anew"
+    session = await orm(session_row, bot)
+    assert (session.status, session.failures) == (Status.CONNECTED, 0)
+    assert await client.send_text(CUSTOMER, "Voltei") and await orm(SimulatorSent.objects.count) == 1
+
+
+async def test_a_send_repeated_under_its_ref_reaches_the_phone_once(shards, alice):
+    shard, bot = await connected(shards, alice)
+    client = shard.hosted[bot.pk].client
+
+    first = await client.send_text(CUSTOMER, "Seu pedido saiu!", ref="42")
+    again = await client.send_text(CUSTOMER, "Seu pedido saiu!", ref="42")
+    other = await client.send_text(CUSTOMER, "Seu pedido saiu!", ref="43")
+
+    assert first == again != other
+    assert await orm(lambda: list(SimulatorSent.objects.values_list("ref", flat=True))) == ["42", "43"]
