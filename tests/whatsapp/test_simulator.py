@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import pytest
 
+from pool import connection
 from pool.connection import Phase
-from tests.hosting import POLL, command, connected, orm, session_row, step_until, until
+from tests.hosting import POLL, command, connected, events_of, has_status, orm, session_row, step_until, until, wanting
+from tests.whatsapp.live import decode_qr
 from whatsapp.models import SimulatorCommand, SimulatorSent, Status
 from whatsapp.providers.base import Device, NotConnected
 from whatsapp.providers.simulator import SimulatorProvider
@@ -73,3 +75,37 @@ async def test_a_send_repeated_under_its_ref_reaches_the_phone_once(shards, alic
 
     assert first == again != other
     assert await orm(lambda: list(SimulatorSent.objects.values_list("ref", flat=True))) == ["42", "43"]
+
+
+async def test_a_scan_is_paired_first_and_connected_a_moment_later(shards, alice):
+    shard = await shards()
+    bot = await orm(wanting, alice)
+    await step_until(shard, has_status(bot, Status.QR_REQUIRED))
+    payload = decode_qr((await orm(session_row, bot)).qr_code)
+
+    await orm(command, bot, SimulatorCommand.Kind.SCAN, qr=payload, phone="5511987654321")
+    await step_until(shard, lambda: session_row(bot).jid != "")
+    paired_at = await orm(session_row, bot)
+    await step_until(shard, has_status(bot, Status.CONNECTED))
+
+    assert paired_at.status != Status.CONNECTED, "PairSuccess comes before Connected, as whatsmeow's"
+    assert (await orm(session_row, bot)).phone == "5511987654321"
+
+
+async def test_when_connected_never_follows_a_scan_the_paired_device_is_resumed(shards, alice, monkeypatch):
+    # The dial after PairSuccess fails: whatsmeow says nothing more. The shard resumes the stored
+    # device (no new QR) once its short deadline passes.
+    monkeypatch.setattr(connection, "PAIRED_CONNECT_SECONDS", 0.5)
+    monkeypatch.setattr(connection, "backoff_delay", lambda failures: 0.0)
+    shard = await shards(setup=False)
+    shard.providers = {"simulator": SimulatorProvider(shard.db, poll_interval=POLL, pair_connect_delay=None)}
+    await shard.setup()
+    bot = await orm(wanting, alice)
+    await step_until(shard, has_status(bot, Status.QR_REQUIRED))
+    payload = decode_qr((await orm(session_row, bot)).qr_code)
+
+    await orm(command, bot, SimulatorCommand.Kind.SCAN, qr=payload, phone="5511987654321")
+    await step_until(shard, has_status(bot, Status.CONNECTED))
+
+    kinds = [event for event, _ in await orm(events_of, bot)]
+    assert kinds == ["qr", "connecting", "connected"], "resumed, not shown a new QR"

@@ -38,6 +38,9 @@ HEARTBEAT_SECONDS = 2.0
 # After a network drop, whatsmeow dials again by itself, the same client (at 0, 2, 4... s; a dial
 # takes about a second): the simulated client is back after this long.
 RECONNECT_SECONDS = 1.0
+# From a scan's PairSuccess to the Connected of the dial that follows it (whatsmeow reconnects once
+# in between, after the server's stream error 515).
+PAIR_CONNECT_SECONDS = 0.3
 # whatsmeow's pairing-code alphabet (pair-code.go, linkingBase32): no 0, O, I or U.
 PAIRING_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"
 
@@ -250,8 +253,15 @@ class SimulatorClient(Client):
         push_name = data.get("pushName") or ""
         device = await self.provider.db(_pair, self.bot_id, self.connection_id, phone, push_name)
         self.stored_jid = device.jid
-        self.connected = True
+        # whatsmeow: PairSuccess, then the server closes the stream (error 515) and the client dials
+        # again with its new identity; Connected follows that dial, or, when it fails, never comes.
         self.events.paired(self.bot_id, device.jid, device.phone, device.push_name)
+        if self.provider.pair_connect_delay is not None:
+            self._dial_task = asyncio.create_task(self._connect_after_pairing())
+
+    async def _connect_after_pairing(self) -> None:
+        await asyncio.sleep(self.provider.pair_connect_delay)
+        self.connected = True
         self.events.connected(self.bot_id)
 
     async def unlink(self) -> None:
@@ -280,10 +290,19 @@ class SimulatorProvider(Provider):
     # A send carries the platform's id for it, and the same id twice is one message.
     idempotent_send = True
 
-    def __init__(self, db: Db, *, poll_interval: float = 0.5, reconnect_delay: float = RECONNECT_SECONDS) -> None:
+    def __init__(
+        self,
+        db: Db,
+        *,
+        poll_interval: float = 0.5,
+        reconnect_delay: float = RECONNECT_SECONDS,
+        pair_connect_delay: float | None = PAIR_CONNECT_SECONDS,
+    ) -> None:
         self.db = db
         self.poll_interval = poll_interval
         self.reconnect_delay = reconnect_delay
+        # None: the dial after a scan never connects (Connected never comes), as when it fails.
+        self.pair_connect_delay = pair_connect_delay
         self.clients: dict[uuid.UUID, SimulatorClient] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
