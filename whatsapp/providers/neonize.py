@@ -163,7 +163,9 @@ class NeonizeClient(Client):
         if self.device.jid:
             await provider.run(delete_device, provider.dsn, self.device.jid)
 
-    async def send_text(self, to: str, text: str, commit: Commit | None = None) -> str:
+    async def send_text(self, to: str, text: str, commit: Commit | None = None, ref: str = "") -> str:
+        # neonize cannot send under an id of the caller's (goneonize's SendMessage sets no
+        # SendRequestExtra.ID): ``ref`` is not used, and a send cut short by a crash is not repeated.
         from neonize.utils.jid import build_jid
 
         if self.client is None or self.stopping:
@@ -201,8 +203,6 @@ def _commit(commit: Commit, wa_id: str) -> None:
 
 class NeonizeProvider(Provider):
     name = "neonize"
-    # neonize sends with an id of its own choosing: the send and its record cannot be one transaction.
-    atomic_send = False
     # A resumed client's key in goneonize is its phone number: two clients of one number overwrite each other.
     one_client_per_number = True
 
