@@ -23,10 +23,13 @@ USER_SUFFIX = DEVICE + r"@s\.whatsapp\.net"
 GROUP = r"[0-9]{5,32}(?:-[0-9]{5,20})?@g\.us"
 # A LID (a linked identity: a number of its own that stands for a hidden phone number).
 LID = r"[0-9]{5,20}" + DEVICE + r"@lid"
+# Where posts come from that are nobody's chat: status updates and channels (newsletters).
+FEED = r"status@broadcast|[0-9]{5,32}@newsletter"
 
 PHONE = re.compile(r"^\+?(" + NUMBER + r")$")
 JID = re.compile(r"^(" + NUMBER + r")" + USER_SUFFIX + r"$")
 GROUP_JID = re.compile(r"^" + GROUP + r"$")
+GROUP_OR_FEED_JID = re.compile(r"^(?:" + GROUP + "|" + FEED + r")$")
 LID_JID = re.compile(r"^([0-9]{5,20})" + DEVICE + r"@lid$")
 
 
@@ -64,6 +67,8 @@ GROUP_PATTERN = schema_pattern(GROUP)
 PHONE_EXAMPLES = ["5511987654321", "+5511987654321", "5511987654321@s.whatsapp.net"]
 USER_EXAMPLES = [*PHONE_EXAMPLES, "203012345678901@lid"]
 GROUP_EXAMPLES = ["120363025246125888@g.us"]
+GROUP_OR_FEED_PATTERN = schema_pattern(GROUP, FEED)
+GROUP_OR_FEED_EXAMPLES = [*GROUP_EXAMPLES, "status@broadcast", "120363144038483540@newsletter"]
 CHAT_EXAMPLES = [*USER_EXAMPLES, *GROUP_EXAMPLES]
 
 
@@ -166,4 +171,13 @@ def group_jid(value: str) -> str:
     value = value.strip()
     if not GROUP_JID.match(value):
         raise ValueError("Expected a group JID like 120363025246125888@g.us.")
+    return value
+
+
+def group_or_feed_jid(value: str) -> str:
+    value = value.strip()
+    if not GROUP_OR_FEED_JID.match(value):
+        raise ValueError(
+            "Expected a group JID like 120363025246125888@g.us, status@broadcast or a channel's <id>@newsletter."
+        )
     return value

@@ -14,10 +14,10 @@ from django.conf import settings
 from django.http import HttpRequest
 from ninja import Router, Schema
 from ninja import Status as Answer
-from pydantic import ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from botplatform.api import ApiError, parse_body, read_body
-from bots.api.base import ERRORS, WHOLE, Error, GroupJid, PhoneDigits, PhoneJid, UserJid, find_bot, json_body
+from bots.api.base import ERRORS, WHOLE, Error, PhoneDigits, PhoneJid, UserJid, described, find_bot, json_body
 from bots.control import nudge_shards
 from bots.models import Bot, Provider
 from whatsapp import jids
@@ -25,6 +25,17 @@ from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound,
 from whatsapp.providers.simulator import new_message_id
 
 router = Router(tags=["simulator"])
+
+# What a phone can send, as WhatsApp delivers it: the kinds the neonize adapter tells apart.
+# Media types carry a `caption` (the customer's words); the file itself is not simulated.
+MEDIA_TYPES = ("image", "video", "document")
+TYPES = Literal[
+    "text", "image", "audio", "ptt", "video", "document", "sticker", "location", "reaction", "revoke", "edit", "poll"
+]
+# A group, or a feed: status posts (status@broadcast) and channels (<id>@newsletter).
+GroupOrFeedJid = Annotated[
+    str, AfterValidator(jids.group_or_feed_jid), described(jids.GROUP_OR_FEED_PATTERN, jids.GROUP_OR_FEED_EXAMPLES)
+]
 
 
 class Scan(Schema):
@@ -38,7 +49,7 @@ class Scan(Schema):
 
 class InboundIn(Schema):
     # A text message (the default type) needs a text: either another type, or a text of one character or more.
-    # A senderAlt goes only with a `from` that is a LID.
+    # A senderAlt goes only with a `from` that is a LID; a caption only with an image, a video or a document.
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
@@ -46,7 +57,7 @@ class InboundIn(Schema):
             "allOf": [
                 {
                     "anyOf": [
-                        {"required": ["type"], "properties": {"type": {"enum": ["image", "audio", "sticker"]}}},
+                        {"required": ["type"], "properties": {"type": {"not": {"const": "text"}}}},
                         {"required": ["text"], "properties": {"text": {"minLength": 1}}},
                     ]
                 },
@@ -57,19 +68,27 @@ class InboundIn(Schema):
                         {"properties": {"from": {"type": "string", "pattern": "@lid$"}}},
                     ]
                 },
+                {
+                    "anyOf": [
+                        {"not": {"required": ["caption"]}},
+                        {"properties": {"caption": {"type": "null"}}},
+                        {"required": ["type"], "properties": {"type": {"enum": list(MEDIA_TYPES)}}},
+                    ]
+                },
             ]
         },
     )
     from_: UserJid = Field(alias="from")
     # The phone JID of a `from` that is a LID, as WhatsApp gives it beside (whatsmeow's SenderAlt).
     senderAlt: PhoneJid | None = None
-    # Before `text`, whose validator reads it: an error then names the field `text`.
-    type: Literal["text", "image", "audio", "sticker"] = "text"
+    # Before `text` and `caption`, whose validators read it: an error then names the field.
+    type: TYPES = "text"
     text: Annotated[str, StringConstraints(max_length=65536)] = Field("", validate_default=True)
+    caption: Annotated[str, StringConstraints(max_length=65536)] | None = None
     id: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")] | None = None
     pushName: Annotated[str, StringConstraints(max_length=128)] = ""
     fromMe: bool = False
-    chat: GroupJid | None = None
+    chat: GroupOrFeedJid | None = None
     mentions: list[UserJid] = Field(default_factory=list, max_length=256)
     timestamp: Annotated[int, Field(ge=0, le=10**14), WHOLE] | None = None
 
@@ -91,6 +110,13 @@ class InboundIn(Schema):
         if info.data.get("type") == "text" and not text:
             raise ValueError("A text message needs a text.")
         return text
+
+    @field_validator("caption")
+    @classmethod
+    def caption_of_media(cls, caption: str | None, info: ValidationInfo) -> str | None:
+        if caption is not None and info.data.get("type", "text") not in MEDIA_TYPES:
+            raise ValueError("Only an image, a video or a document has a caption.")
+        return caption
 
 
 class Accepted(Schema):
@@ -178,7 +204,7 @@ def inbound(request: HttpRequest, bot_id: uuid.UUID):
         push_name=data.pushName,
         from_me=data.fromMe,
         type=data.type,
-        text=data.text,
+        text=data.caption if data.caption is not None else data.text,
         mentions=data.mentions,
         timestamp=timestamp,
     )

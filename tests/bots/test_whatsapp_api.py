@@ -1067,7 +1067,7 @@ INVALID_INBOUND = [
     pytest.param({"from": PHONE, "text": 42}, "text", id="text-number"),
     pytest.param({"from": PHONE, "text": "x" * 65537}, "text", id="text-too-long"),
     pytest.param({"from": PHONE, "text": "a\x00b"}, "text", id="text-nul"),
-    pytest.param({"from": PHONE, "text": "Oi", "type": "video"}, "type", id="type-video"),
+    pytest.param({"from": PHONE, "text": "Oi", "type": "gif"}, "type", id="type-gif"),
     pytest.param({"from": PHONE, "text": "Oi", "type": "TEXT"}, "type", id="type-uppercase"),
     pytest.param({"from": PHONE, "text": "Oi", "chat": USER_JID}, "chat", id="chat-user-jid"),
     pytest.param({"from": PHONE, "text": "Oi", "chat": "120363025246125888"}, "chat", id="chat-without-server"),
@@ -1113,7 +1113,7 @@ def test_it_names_every_invalid_inbound_field(alice_api, alice):
 def test_it_does_not_ask_for_a_text_when_the_type_is_invalid(alice_api, alice):
     bot = make_bot(alice)
 
-    response = alice_api.post(url(bot, "simulator/inbound"), {"from": PHONE, "type": "video"})
+    response = alice_api.post(url(bot, "simulator/inbound"), {"from": PHONE, "type": "gif"})
 
     assert set(assert_invalid(response, "type")["fields"]) == {"type"}
 
@@ -1281,7 +1281,13 @@ def test_it_gives_every_phone_and_jid_field_its_pattern_and_examples(anonymous_a
         ("phone (scan)", scan_phone, jids.PHONE_PATTERN, jids.PHONE_EXAMPLES, jids.phone_digits),
         ("from", inbound["from"], jids.USER_PATTERN, jids.USER_EXAMPLES, jids.user_jid),
         ("senderAlt", non_null(inbound["senderAlt"]), jids.PHONE_PATTERN, jids.PHONE_EXAMPLES, jids.phone_jid),
-        ("chat (inbound)", non_null(inbound["chat"]), jids.GROUP_PATTERN, jids.GROUP_EXAMPLES, jids.group_jid),
+        (
+            "chat (inbound)",
+            non_null(inbound["chat"]),
+            jids.GROUP_OR_FEED_PATTERN,
+            jids.GROUP_OR_FEED_EXAMPLES,
+            jids.group_or_feed_jid,
+        ),
         ("mentions", inbound["mentions"]["items"], jids.USER_PATTERN, jids.USER_EXAMPLES, jids.user_jid),
     ]
     for name, schema, pattern, examples, parse in fields:
@@ -1394,6 +1400,7 @@ PATTERNS = [
     pytest.param(jids.USER_PATTERN, jids.user_jid, id="user-jid"),
     pytest.param(jids.CHAT_PATTERN, jids.chat_jid, id="chat"),
     pytest.param(jids.GROUP_PATTERN, jids.group_jid, id="group"),
+    pytest.param(jids.GROUP_OR_FEED_PATTERN, jids.group_or_feed_jid, id="group-or-feed"),
 ]
 PATTERN_SAMPLES = [
     *INVALID_PHONE_VALUES,

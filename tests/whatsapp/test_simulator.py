@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import pytest
 
+from bots.models import Direction, Message
 from pool import connection
 from pool.connection import Phase
+from tests.helpers import make_bot
 from tests.hosting import POLL, command, connected, events_of, has_status, orm, session_row, step_until, until, wanting
 from tests.whatsapp.live import decode_qr
-from whatsapp.models import SimulatorCommand, SimulatorSent, Status
+from whatsapp.models import SimulatorCommand, SimulatorInbound, SimulatorSent, Status
 from whatsapp.providers.base import Device, NotConnected
 from whatsapp.providers.simulator import SimulatorProvider
 
@@ -109,3 +111,50 @@ async def test_when_connected_never_follows_a_scan_the_paired_device_is_resumed(
 
     kinds = [event for event, _ in await orm(events_of, bot)]
     assert kinds == ["qr", "connecting", "connected"], "resumed, not shown a new QR"
+
+
+WRITTEN = [
+    # (what the phone sends, what the bot's history shows: type and text, or None: not a message for it)
+    ({"type": "video", "caption": "Vocês têm esse em azul?"}, ("text", "Vocês têm esse em azul?")),
+    ({"type": "document"}, ("other", "")),
+    ({"type": "ptt"}, ("audio", "")),
+    ({"type": "location"}, ("other", "")),
+    ({"type": "reaction", "text": "👍"}, None),
+    ({"type": "revoke"}, None),
+    ({"type": "edit", "text": "Quero dois"}, None),
+    ({"type": "text", "text": "Promoção!", "chat": "status@broadcast"}, None),
+    ({"type": "text", "text": "Novidades", "chat": "120363144038483540@newsletter"}, None),
+]
+
+
+async def test_what_a_phone_sends_is_read_as_the_neonize_adapter_reads_it(shards, alice, alice_api):
+    shard, bot = await connected(shards, alice)
+    for n, (fields, _) in enumerate(WRITTEN):
+        body = {"from": f"55119{n:08d}", "id": f"3EB0SIM{n}", **fields}
+        response = await orm(alice_api.post, f"/api/bots/{bot.pk}/simulator/inbound", body)
+        assert response.status_code == 202, response.content
+    kept = {f"3EB0SIM{n}": seen for n, (_, seen) in enumerate(WRITTEN) if seen is not None}
+
+    await step_until(shard, lambda: not SimulatorInbound.objects.filter(delivered_at=None).exists())
+    await step_until(shard, lambda: Message.objects.filter(direction=Direction.IN).count() == len(kept))
+
+    stored = await orm(lambda: {m.wa_id: (m.type, m.text) for m in Message.objects.filter(direction=Direction.IN)})
+    assert stored == kept, "reactions, revokes, edits, status posts and channels are no question"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"type": "text", "text": "Oi", "caption": "legenda"}, "caption"),
+        ({"type": "audio", "caption": "legenda"}, "caption"),
+        ({"type": "gif"}, "type"),
+        ({"text": "Oi", "chat": "status@g.us"}, "chat"),
+    ],
+)
+def test_the_simulated_phone_refuses_what_whatsapp_cannot_carry(alice, alice_api, fields, field):
+    bot = make_bot(alice, whatsapp_provider="simulator")
+
+    response = alice_api.post(f"/api/bots/{bot.pk}/simulator/inbound", {"from": "5511912345678", **fields})
+
+    assert response.status_code == 400
+    assert field in response.json()["error"]["fields"]

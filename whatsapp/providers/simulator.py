@@ -134,10 +134,14 @@ def _acknowledge(inbound_ids: list[int]) -> None:
     SimulatorInbound.objects.filter(pk__in=inbound_ids, delivered_at__isnull=True).update(delivered_at=timezone.now())
 
 
-def _hand_over(handed: list[tuple[Events, uuid.UUID, Inbound, int]]) -> None:
-    """As neonize's callback on a Go thread: once it returns, WhatsApp counts the message delivered."""
+def _hand_over(handed: list[tuple[Events, uuid.UUID, Inbound | None, int]]) -> None:
+    """As neonize's callback on a Go thread: once it returns, WhatsApp counts the message delivered.
+
+    What is no message for the bot (``None``: a reaction, a status post...) is acknowledged too.
+    """
     for events, bot_id, message, _ in handed:
-        events.message(bot_id, message)
+        if message is not None:
+            events.message(bot_id, message)
     _acknowledge([pk for *_, pk in handed])
 
 
