@@ -151,6 +151,8 @@ class SimulatorCommand(models.Model):
         SCAN = "scan"
         UNLINK = "unlink"
         DROP = "drop"
+        # The server answers the connection with <failure reason="code"> (tests write it directly).
+        REFUSE = "refuse"
 
     bot = models.ForeignKey("bots.Bot", **SIMULATED_BOT)
     kind = models.CharField(max_length=8, choices=Kind.choices)

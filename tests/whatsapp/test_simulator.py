@@ -11,11 +11,10 @@ import pytest
 
 from bots.models import Direction, Message
 from pool import connection
-from pool.connection import Phase
 from tests.helpers import make_bot
-from tests.hosting import POLL, command, connected, events_of, has_status, orm, session_row, step_until, until, wanting
+from tests.hosting import POLL, command, connected, events_of, has_status, orm, session_row, step_until, wanting
 from tests.whatsapp.live import decode_qr
-from whatsapp.models import SimulatorCommand, SimulatorInbound, SimulatorSent, Status
+from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent, Status
 from whatsapp.providers.base import Device, NotConnected
 from whatsapp.providers.simulator import SimulatorProvider
 
@@ -59,7 +58,7 @@ async def test_after_a_drop_the_same_client_comes_back_by_itself(shards, alice):
     await step_until(shard, lambda: session_row(bot).status == Status.CONNECTING)
     with pytest.raises(NotConnected, match="websocket not connected"):
         await client.send_text(CUSTOMER, "Oi")
-    await until(lambda: hosted.phase is Phase.CONNECTED)
+    await step_until(shard, has_status(bot, Status.CONNECTED))
 
     assert hosted.client is client, "whatsmeow reconnects the client it has: none is made anew"
     session = await orm(session_row, bot)
@@ -158,3 +157,29 @@ def test_the_simulated_phone_refuses_what_whatsapp_cannot_carry(alice, alice_api
 
     assert response.status_code == 400
     assert field in response.json()["error"]["fields"]
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "error", "device_kept"),
+    [
+        (401, Status.LOGGED_OUT, "unlinked from the phone", False),
+        (403, Status.LOGGED_OUT, "the WhatsApp account is locked (403)", False),
+        (406, Status.LOGGED_OUT, "the number is banned from WhatsApp (406)", False),
+        (402, Status.FAILED, "temporary_ban: spam, until ", True),
+        (405, Status.FAILED, "client_outdated", True),
+        (409, Status.FAILED, "connect_failure_409", True),
+        (503, Status.CONNECTING, "connect_failure_503", True),
+        (415, Status.CONNECTING, "connect_failure_other", True),
+    ],
+)
+async def test_a_refusal_by_the_server_reads_as_the_adapter_reports_it(
+    shards, alice, monkeypatch, code, status, error, device_kept
+):
+    monkeypatch.setattr(connection, "backoff_delay", lambda failures: 60.0)  # a retry stays visible
+    shard, bot = await connected(shards, alice)
+
+    await orm(command, bot, SimulatorCommand.Kind.REFUSE, code=code, reason="SPAM", expire=3600)
+    await step_until(shard, has_status(bot, status))
+
+    assert error in (await orm(session_row, bot)).last_error
+    assert await orm(SimulatorDevice.objects.filter(pk=bot.pk).exists) is device_kept

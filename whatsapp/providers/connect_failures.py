@@ -15,6 +15,7 @@ reason is left unset, Go's ``proto.Marshal`` refuses the event, and the client's
 
 from __future__ import annotations
 
+import datetime
 import re
 from enum import Enum
 
@@ -69,6 +70,25 @@ def connect_failure(event) -> tuple[Outcome, str]:
     if event.Message:
         reason += f" (WhatsApp says: {event.Message[:200]})"
     return outcome, reason
+
+
+def temporary_ban(reason: str, expire: int) -> str:
+    """A temporary ban's lastError: why, and when it ends (the operator needs the time, not a duration)."""
+    ends = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=expire)
+    return f"temporary_ban: {reason.lower()}, until {ends:%Y-%m-%d %H:%M} UTC ({expire} s)"
+
+
+def for_code(code: int, *, ban_reason: str = "unknown reason", ban_expire: int = 0) -> tuple[Outcome, str]:
+    """What a ``<failure reason="code">`` from the server ends in, by the event whatsmeow makes of it and
+    what neonize passes on: the simulator's refusals read exactly as the adapter's."""
+    if code == 402:
+        return Outcome.FAILED, temporary_ban(ban_reason, ban_expire)
+    if code == 401:
+        return Outcome.LOGGED_OUT, "unlinked from the phone"
+    if code in REASONS:
+        return REASONS[code]
+    # A code neonize's encoder does not know: the event is refused and connect() ends with Go's error.
+    return Outcome.RETRY, unpassed("proto: required field neonize.ConnectFailure.Reason not set")
 
 
 def logged_out(event) -> str:

@@ -231,10 +231,8 @@ class Handlers:
         from neonize.events import TemporaryBanEv
 
         reason = TemporaryBanEv.TempBanReason.Name(event.Code) if event.Code else "unknown reason"
-        # Expire is how long the ban lasts, in seconds: the operator needs the time it ends.
-        ends = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=event.Expire)
-        until = ends.strftime("%Y-%m-%d %H:%M UTC")
-        self.events.failed(self.bot_id, f"temporary_ban: {reason.lower()}, until {until} ({event.Expire} s)")
+        # Expire is how long the ban lasts, in seconds.
+        self.events.failed(self.bot_id, connect_failures.temporary_ban(reason, event.Expire))
 
     def client_outdated(self, client, event) -> None:
         self.events.failed(self.bot_id, connect_failures.REASONS[405][1])

@@ -25,6 +25,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent
+from whatsapp.providers import connect_failures
 from whatsapp.providers.base import Client, Commit, Db, Device, Events, Inbound, NotConnected, Provider
 from whatsapp.routers import SIMULATOR_DB
 
@@ -283,6 +284,18 @@ class SimulatorClient(Client):
             self.events.reconnecting(self.bot_id, "network dropped")
             self._dial_task = asyncio.create_task(self._reconnect())
 
+    async def refuse(self, data: dict) -> None:
+        """The server ends the connection with a failure code: the bot hears what neonize would say."""
+        outcome, reason = connect_failures.for_code(
+            int(data["code"]), ban_reason=data.get("reason", "unknown reason"), ban_expire=int(data.get("expire", 0))
+        )
+        if self.connected:
+            self.connected = False
+            await self.provider.db(_release, [self.connection_id])
+        if outcome is connect_failures.Outcome.LOGGED_OUT:
+            await self.provider.db(_forget_device, self.bot_id)  # whatsmeow deletes the store row
+        getattr(self.events, outcome.value)(self.bot_id, reason)
+
     def replaced(self) -> None:
         if self.connected:
             self.connected = False
@@ -368,6 +381,8 @@ class SimulatorProvider(Provider):
                 await client.unlink()
             elif command.kind == SimulatorCommand.Kind.DROP:
                 await client.drop()
+            elif command.kind == SimulatorCommand.Kind.REFUSE:
+                await client.refuse(command.data)
         if done:
             await self.db(_done, done)
         handed = []
