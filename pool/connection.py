@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime
 import enum
+import itertools
 import logging
 import random
 import time
@@ -48,6 +49,10 @@ PAIRED_CONNECT_SECONDS = 30.0
 MESSAGE_BATCH = 200
 
 
+# Numbers for the clients a shard makes, never reused in its process.
+CLIENT_NUMBERS = itertools.count(1)
+
+
 def backoff_delay(failures: int) -> float:
     """2 s doubling to 60 s, full jitter (docs/architecture.md, connection lifecycle)."""
     base, cap = settings.WHATSAPP_BACKOFF_BASE, settings.WHATSAPP_BACKOFF_CAP
@@ -76,13 +81,23 @@ class Host(Protocol):
 
 
 class ShardEvents:
-    """The provider ``Events`` of one shard: every callback, from any thread, only enqueues onto its loop."""
+    """The provider ``Events`` of one shard: every callback, from any thread, only enqueues onto its loop.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, journal: Journal | None = None) -> None:
-        self.loop, self.queue, self.journal = loop, queue, journal
+    Each client gets its own (:meth:`bound`): its events carry its number, and the pump drops those
+    of a client that is no longer its bot's (a late ``Connected`` from a stopped client would show
+    the bot connected with no client). Number 0: the shard's own, or a test's, always heard.
+    """
 
-    def _put(self, *item) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, journal: Journal | None = None, client_no: int = 0
+    ) -> None:
+        self.loop, self.queue, self.journal, self.client_no = loop, queue, journal, client_no
+
+    def bound(self, client_no: int) -> ShardEvents:
+        return ShardEvents(self.loop, self.queue, self.journal, client_no)
+
+    def _put(self, kind: str, bot_id, *args) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, bot_id, self.client_no, *args))
 
     def qr(self, bot_id, payload, expires_in, pairing_code=""):
         self._put("qr", bot_id, payload, expires_in, pairing_code)
@@ -132,7 +147,7 @@ async def pump(shard, queue: asyncio.Queue, handling: asyncio.Lock) -> None:
     held = None
     while True:
         event, held = held or await queue.get(), None
-        kind, bot_id, *args = event
+        kind, bot_id, client_no, *args = event
         if kind == "message":
             # Messages that arrived together are stored together, in order, in one transaction.
             batch = [event]
@@ -142,12 +157,16 @@ async def pump(shard, queue: asyncio.Queue, handling: asyncio.Lock) -> None:
                     held = event
                     break
                 batch.append(event)
-            await shard.inbox.keep([(bot_id, message, seq) for _, bot_id, message, seq in batch])
+            # Stored whichever client they came from: WhatsApp delivered them once.
+            await shard.inbox.keep([(bot_id, message, seq) for _, bot_id, _, message, seq in batch])
             continue
         async with handling:
             hosted = shard.hosted.get(bot_id)
             if hosted is None:
                 continue  # ended or dropped meanwhile: what its client says now is of no use
+            if client_no and client_no != hosted.client_no:
+                logger.info("bot %s: %s from a client it no longer has, ignored", bot_id, kind)
+                continue
             with logs.bot(bot_id):
                 try:
                     await getattr(hosted, f"on_{kind}")(*args)
@@ -169,6 +188,7 @@ class HostedBot:
     qr_deadline: float | None = None
     reconnect_deadline: float | None = None
     start_deadline: float | None = None
+    client_no: int = 0  # which of the shard's clients is this bot's (ShardEvents.bound)
     overdue_reason: str = ""
     held_for_budget: bool = False
     retry_at: float | None = None
@@ -226,7 +246,8 @@ class HostedBot:
                 return
             proxy, self.held_for_budget = dialling.proxy, False
         device = Device(bot_id=self.bot_id, jid=row["jid"], pairing_phone=row["pairing_phone"], proxy=proxy)
-        self.client = self.provider.client(device, self.host.events)
+        self.client_no = next(CLIENT_NUMBERS)
+        self.client = self.provider.client(device, self.host.events.bound(self.client_no))
         self.phase = Phase.STARTING
         self.pairing_phone = row["pairing_phone"]
         if (row["status"] != Status.CONNECTING or held) and not await self.record(
@@ -241,7 +262,8 @@ class HostedBot:
             await self.connection_lost(f"connect failed: {exc}")
 
     async def stop_client(self) -> None:
-        client, self.client = self.client, None
+        # From now on nothing its client says is heard: it is no longer the bot's.
+        client, self.client, self.client_no = self.client, None, 0
         if client is None:
             return
         try:

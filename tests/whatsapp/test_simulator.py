@@ -7,12 +7,14 @@ error; a send repeated under its ref is one message.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bots.models import Direction, Message
 from pool import connection
 from tests.helpers import make_bot
-from tests.hosting import POLL, command, connected, events_of, has_status, orm, session_row, step_until, wanting
+from tests.hosting import POLL, command, connected, events_of, has_status, orm, paired, session_row, step_until, wanting
 from tests.whatsapp.live import decode_qr
 from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent, Status
 from whatsapp.providers.base import Device, NotConnected
@@ -183,3 +185,22 @@ async def test_a_refusal_by_the_server_reads_as_the_adapter_reports_it(
 
     assert error in (await orm(session_row, bot)).last_error
     assert await orm(SimulatorDevice.objects.filter(pk=bot.pk).exists) is device_kept
+
+
+async def test_a_late_event_from_a_stopped_client_changes_nothing(shards, alice, monkeypatch):
+    # The client is replaced after a refusal; the old one, stopped, still says Connected.
+    monkeypatch.setattr(connection, "backoff_delay", lambda failures: 60.0)
+    shard = await shards(setup=False)
+    shard.providers = {"simulator": SimulatorProvider(shard.db, poll_interval=POLL, late_events=1.0)}
+    await shard.setup()
+    bot = await orm(paired, alice)
+    await step_until(shard, has_status(bot, Status.CONNECTED))
+
+    await orm(command, bot, SimulatorCommand.Kind.REFUSE, code=503)
+    await step_until(shard, has_status(bot, Status.CONNECTING))
+    for _ in range(10):  # past the late Connected
+        await shard.step()
+        await asyncio.sleep(POLL)
+
+    session = await orm(session_row, bot)
+    assert (session.status, shard.hosted[bot.pk].client) == (Status.CONNECTING, None), "not connected with no client"

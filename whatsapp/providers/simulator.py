@@ -42,6 +42,10 @@ RECONNECT_SECONDS = 1.0
 # From a scan's PairSuccess to the Connected of the dial that follows it (whatsmeow reconnects once
 # in between, after the server's stream error 515).
 PAIR_CONNECT_SECONDS = 0.3
+# Now and then a stopped client still says something, as a whatsmeow client whose dial or event
+# goroutine outlives its Disconnect does: a late Connected, this long after the stop.
+LATE_EVENTS = 0.1
+LATE_EVENT_SECONDS = 0.1
 # whatsmeow's pairing-code alphabet (pair-code.go, linkingBase32): no 0, O, I or U.
 PAIRING_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"
 
@@ -226,6 +230,8 @@ class SimulatorClient(Client):
             self._qr_task = None
 
     async def stop(self) -> None:
+        if random.random() < self.provider.late_events:
+            asyncio.get_running_loop().call_later(LATE_EVENT_SECONDS, self.events.connected, self.bot_id)
         self._cancel_qr()
         if self._dial_task is not None:
             self._dial_task.cancel()
@@ -314,12 +320,15 @@ class SimulatorProvider(Provider):
         poll_interval: float = 0.5,
         reconnect_delay: float = RECONNECT_SECONDS,
         pair_connect_delay: float | None = PAIR_CONNECT_SECONDS,
+        late_events: float = LATE_EVENTS,
     ) -> None:
         self.db = db
         self.poll_interval = poll_interval
         self.reconnect_delay = reconnect_delay
         # None: the dial after a scan never connects (Connected never comes), as when it fails.
         self.pair_connect_delay = pair_connect_delay
+        # How often a stopped client sends a late event (0 to 1).
+        self.late_events = late_events
         self.clients: dict[uuid.UUID, SimulatorClient] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
