@@ -30,7 +30,7 @@ from whatsapp.models import Session, SessionEvent, Status
 from whatsapp.providers.base import Client, Provider
 from whatsapp.providers.neonize import NeonizeProvider
 from whatsapp.providers.neonize_events import Handlers, inbound_from
-from whatsapp.providers.store import store_dsn, with_sslmode
+from whatsapp.providers.store import bot_store, store_dsn, with_sslmode
 from whatsapp.state import qr_image as png_data_url
 
 neonize_events = pytest.importorskip("neonize.events")
@@ -342,8 +342,9 @@ def test_an_offline_shard_backs_off_then_fails_and_stays_up(alice, tmp_path, sto
         assert pool.process.poll() is None
         assert "exited with" not in pool.log(), "the shard process stayed alive"
         assert zombies_of(pid_of("--shard-id")) == [], "neonize's import leaves no unreaped children"
-        dsn = str(tmp_path / "store.sqlite3") if store == "sqlite file" else store_dsn()
-        assert "whatsmeow_device" in store_tables(dsn), "the store schema was created before connecting"
+        # PostgreSQL: one schema, made before any client connects; SQLite: a file of the bot's own.
+        dsn = bot_store(str(tmp_path / "store.sqlite3"), bot_id) if store == "sqlite file" else store_dsn()
+        assert "whatsmeow_device" in store_tables(dsn), "the store schema was created"
     finally:
         assert pool.stop() == 0
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import socket
 import threading
 import uuid
@@ -16,10 +15,8 @@ import uuid
 import pytest
 
 from tests.processes import wait_until
-from tests.whatsapp.go_stress import offline_provider
 from tests.whatsapp.test_neonize_go import Recorder
 from whatsapp.providers.base import Device
-from whatsapp.providers.gocalls import GoCalls
 
 pytest.importorskip("neonize.events")
 
@@ -53,14 +50,6 @@ class Listener:
         self.server.close()
         for connection in self.connections:
             connection.close()
-
-
-@pytest.fixture
-def provider(tmp_path):
-    provider = offline_provider(tmp_path, GoCalls())
-    provider._executor = concurrent.futures.ThreadPoolExecutor(4)
-    yield provider
-    provider._executor.shutdown(wait=False)
 
 
 async def dial(provider, device: Device, proxy: Listener) -> list[tuple]:

@@ -42,7 +42,7 @@ from whatsapp.providers import connect_failures
 from whatsapp.providers.base import Client, Commit, Db, Device, Events, NotConnected, Provider
 from whatsapp.providers.gocalls import GoCalls
 from whatsapp.providers.neonize_events import Handlers, jid_from_string
-from whatsapp.providers.store import delete_device, migrate_store, store_dsn, store_has_device
+from whatsapp.providers.store import bot_store, delete_device, migrate_store, store_dsn, store_has_device
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class NeonizeClient(Client):
         self.provider = provider
         self.client = None
         self.key = ""  # its uuid in goneonize's maps
+        self.dsn = ""  # its store (store.bot_store)
         self.thread: threading.Thread | None = None
         self.stopping = False
         # Set at the first callback or when connect() returns: the dial is over.
@@ -74,8 +75,9 @@ class NeonizeClient(Client):
             self.events.failed(self.bot_id, provider.broken)
             return
         jid = None
+        self.dsn = await provider.run(bot_store, provider.dsn, self.bot_id, self.device.jid)
         if self.device.jid:
-            if not await provider.run(store_has_device, provider.dsn, self.device.jid):
+            if not await provider.run(store_has_device, self.dsn, self.device.jid):
                 # whatsmeow deleted the row (logout elsewhere) or it never existed: a fresh QR next time.
                 self.events.logged_out(self.bot_id, "the linked device is no longer in the store")
                 return
@@ -85,7 +87,7 @@ class NeonizeClient(Client):
         await provider.run(provider.take_key, self)
         if self.stopping:
             return
-        self.client = await provider.run(provider.new_client, self.key, jid)
+        self.client = await provider.run(provider.new_client, self.key, jid, self.dsn)
         handlers = Handlers(self.bot_id, self.events, self._on_event, self._pair if self.device.pairing_phone else None)
         handlers.register(self.client)
         self.thread = threading.Thread(target=self._connect, name=f"wa-{self.bot_id.hex[:8]}", daemon=True)
@@ -161,7 +163,8 @@ class NeonizeClient(Client):
                     await provider.run(provider.go.read, self.client.logout)
             await provider.run(provider.stop_client, self)
         if self.device.jid:
-            await provider.run(delete_device, provider.dsn, self.device.jid)
+            dsn = self.dsn or await provider.run(bot_store, provider.dsn, self.bot_id, self.device.jid)
+            await provider.run(delete_device, dsn, self.device.jid)
 
     async def send_text(self, to: str, text: str, commit: Commit | None = None, ref: str = "") -> str:
         # neonize cannot send under an id of the caller's (goneonize's SendMessage sets no
@@ -244,7 +247,10 @@ class NeonizeProvider(Provider):
         reap_exited_children()
         # Set before any connect: Go reads it at connect time and otherwise forwards every DEBUG line.
         neonize_log.setLevel(logging.WARNING)
-        migrate_store(self.dsn)
+        if self.dsn.startswith("postgres"):
+            # One schema for every bot: migrated once, before any client (concurrent migrations
+            # broke). A bot's own SQLite file is migrated by its one client when it opens it.
+            migrate_store(self.dsn)
 
     async def close(self) -> None:
         if self._executor is not None:
@@ -289,15 +295,15 @@ class NeonizeProvider(Provider):
         address = own or settings.WHATSAPP_PROXY
         return ProxySettings(proxy_address=address) if address else None
 
-    def new_client(self, key: str, jid) -> Any:
+    def new_client(self, key: str, jid, dsn: str = "") -> Any:
         from neonize.client import NewClient
         from neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2 import DeviceProps
 
         props = DeviceProps(os="WhatsApp AI bots", platformType=DeviceProps.DESKTOP)
         if jid is not None:
-            client = NewClient(self.dsn, jid=jid, props=props)
+            client = NewClient(dsn or self.dsn, jid=jid, props=props)
         else:
-            client = NewClient(self.dsn, props=props, uuid=key, new_device=True)
+            client = NewClient(dsn or self.dsn, props=props, uuid=key, new_device=True)
         # neonize calls Go's Stop(key) when Python collects a client. By then a newer client of the
         # same device holds the key (every reconnect makes one), and would be removed with no event:
         # clients are stopped explicitly (stop_client), never by the collector.

@@ -1,9 +1,10 @@
 """Where whatsmeow keeps a neonize bot's auth state: the store's address, its devices, its schema.
 
 The whatsmeow store is the main PostgreSQL database by default, or wherever
-``WHATSAPP_STORE_URL`` points (docs/settings.md); with SQLite, a file of its own
-beside the main database. Plain sync functions, run on a shard's threads. They
-open their own short connections: the store need not be Django's database.
+``WHATSAPP_STORE_URL`` points (docs/settings.md); with SQLite, a file per bot beside
+the main database (or beside the file ``WHATSAPP_STORE_URL`` names). Plain sync
+functions, run on a shard's threads. They open their own short connections: the
+store need not be Django's database.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import sqlite3
+import uuid
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -41,6 +43,21 @@ def store_dsn() -> str:
         main = Path(db["NAME"])
         return str(main.with_name(main.stem + ".whatsmeow.sqlite3"))
     return with_sslmode(postgres_url(db))
+
+
+def bot_store(dsn: str, bot_id: uuid.UUID, jid: str = "") -> str:
+    """One bot's store: PostgreSQL's shared one, or on SQLite a file of its own beside ``dsn``.
+
+    One file per bot: SQLite lets one writer in at a time, and every client of a shared file
+    waited on the others' writes (whatsmeow writes on every message: sessions, keys). A device
+    linked while the store was one shared file stays there.
+    """
+    if dsn.startswith("postgres"):
+        return dsn
+    if jid and store_has_device(dsn, jid):
+        return dsn
+    shared = Path(dsn)
+    return str(shared.with_name(f"{shared.stem}-{bot_id}{shared.suffix}"))
 
 
 def postgres_url(db: dict) -> str:
@@ -93,6 +110,9 @@ def delete_device(dsn: str, jid: str) -> None:
         return
     if Path(dsn).exists():
         with contextlib.closing(sqlite3.connect(dsn, timeout=20)) as conn:
+            # whatsmeow's other tables refer to the device ON DELETE CASCADE, which SQLite applies
+            # only with foreign keys on (whatsmeow opens its files so; Python's sqlite3 does not).
+            conn.execute("PRAGMA foreign_keys = ON")
             with contextlib.suppress(sqlite3.OperationalError):
                 conn.execute("DELETE FROM whatsmeow_device WHERE jid = ?", [jid])
                 conn.commit()
