@@ -4,6 +4,9 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 
+# The simulator's tables live in a database of their own (whatsapp/routers.py), where bots_bot does
+# not exist: their bot column never had a constraint there (PostgreSQL refuses one to a missing
+# table). Databases made before 0005 had it, and 0005 drops it.
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -15,7 +18,7 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name='SimulatorDevice',
             fields=[
-                ('bot', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='simulator_device', serialize=False, to='bots.bot')),
+                ('bot', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='simulator_device', serialize=False, to='bots.bot', db_constraint=False)),
                 ('jid', models.CharField(max_length=128)),
                 ('phone', models.CharField(max_length=20)),
                 ('push_name', models.CharField(blank=True, max_length=128)),
@@ -32,7 +35,7 @@ class Migration(migrations.Migration):
                 ('to', models.CharField(max_length=128)),
                 ('text', models.TextField()),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('bot', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='bots.bot')),
+                ('bot', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='bots.bot', db_constraint=False)),
             ],
             options={
                 'ordering': ['id'],
@@ -46,7 +49,7 @@ class Migration(migrations.Migration):
                 ('data', models.JSONField(default=dict)),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
                 ('done_at', models.DateTimeField(blank=True, null=True)),
-                ('bot', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='bots.bot')),
+                ('bot', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='bots.bot', db_constraint=False)),
             ],
             options={
                 'indexes': [models.Index(fields=['bot', 'done_at'], name='sim_command_pending')],
@@ -67,7 +70,7 @@ class Migration(migrations.Migration):
                 ('timestamp', models.DateTimeField()),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
                 ('delivered_at', models.DateTimeField(blank=True, null=True)),
-                ('bot', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='bots.bot')),
+                ('bot', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='bots.bot', db_constraint=False)),
             ],
             options={
                 'indexes': [models.Index(fields=['bot', 'delivered_at'], name='sim_inbound_pending')],
