@@ -153,6 +153,8 @@ class SimulatorCommand(models.Model):
         DROP = "drop"
         # The server answers the connection with <failure reason="code"> (tests write it directly).
         REFUSE = "refuse"
+        # Keepalives go unanswered for a while, the socket still up: no Disconnected (tests write it).
+        STALL = "stall"
 
     bot = models.ForeignKey("bots.Bot", **SIMULATED_BOT)
     kind = models.CharField(max_length=8, choices=Kind.choices)

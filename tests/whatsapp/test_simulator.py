@@ -16,7 +16,7 @@ from pool import connection
 from tests.helpers import make_bot
 from tests.hosting import POLL, command, connected, events_of, has_status, orm, paired, session_row, step_until, wanting
 from tests.whatsapp.live import decode_qr
-from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent, Status
+from whatsapp.models import SessionEvent, SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent, Status
 from whatsapp.providers.base import Device, NotConnected
 from whatsapp.providers.simulator import SimulatorProvider
 
@@ -204,3 +204,19 @@ async def test_a_late_event_from_a_stopped_client_changes_nothing(shards, alice,
 
     session = await orm(session_row, bot)
     assert (session.status, shard.hosted[bot.pk].client) == (Status.CONNECTING, None), "not connected with no client"
+
+
+async def test_a_silent_keepalive_stall_keeps_the_client_and_refuses_sends_until_restored(shards, alice):
+    shard, bot = await connected(shards, alice)
+    client = shard.hosted[bot.pk].client
+
+    await orm(command, bot, SimulatorCommand.Kind.STALL, seconds=0.5)
+    await step_until(shard, has_status(bot, Status.CONNECTING))
+    with pytest.raises(NotConnected, match="websocket not connected"):
+        await client.send_text(CUSTOMER, "Oi")
+    await step_until(shard, has_status(bot, Status.CONNECTED))
+
+    assert shard.hosted[bot.pk].client is client
+    stalled = await orm(lambda: SessionEvent.objects.filter(session_id=bot.pk, event="connecting").last())
+    assert stalled.frame["lastError"] == "keepalive timeout (1 unanswered)"
+    assert await client.send_text(CUSTOMER, "Voltei")

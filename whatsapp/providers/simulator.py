@@ -302,6 +302,20 @@ class SimulatorClient(Client):
             await self.provider.db(_forget_device, self.bot_id)  # whatsmeow deletes the store row
         getattr(self.events, outcome.value)(self.bot_id, reason)
 
+    def stall(self, seconds: float) -> None:
+        """whatsmeow's keepalive goes unanswered (KeepAliveTimeout), then answered again
+        (KeepAliveRestored): no Disconnected, the same connection; sends fail meanwhile."""
+        if not self.connected:
+            return
+        self.connected = False
+        self.events.reconnecting(self.bot_id, "keepalive timeout (1 unanswered)")
+        self._dial_task = asyncio.create_task(self._restored_after(seconds))
+
+    async def _restored_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.connected = True
+        self.events.connected(self.bot_id)
+
     def replaced(self) -> None:
         if self.connected:
             self.connected = False
@@ -392,6 +406,8 @@ class SimulatorProvider(Provider):
                 await client.drop()
             elif command.kind == SimulatorCommand.Kind.REFUSE:
                 await client.refuse(command.data)
+            elif command.kind == SimulatorCommand.Kind.STALL:
+                client.stall(float(command.data.get("seconds", 2.0)))
         if done:
             await self.db(_done, done)
         handed = []
