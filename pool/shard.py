@@ -291,7 +291,6 @@ class Shard:
                 hosted.start_deadline = None
                 self.events.start_overdue(hosted.bot_id)
 
-
     # --- broadcasts and nudges -----------------------------------------------------------
 
     async def send_broadcasts(self) -> None:
