@@ -5,9 +5,6 @@ import datetime
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from whatsapp import jids
-from whatsapp.providers.base import Inbound
-
 
 class Status(models.TextChoices):
     DISCONNECTED = "disconnected", _("disconnected")
@@ -169,15 +166,6 @@ class SimulatorCommand(models.Model):
         return f"{self.kind} {self.bot_id}"
 
 
-# How the adapter reads what a phone sends (neonize_events.kind_of and ABOUT_ANOTHER): a voice note is
-# audio; a video's or a document's caption is the customer's words, read as text; without one,
-# as a location or a poll, it is kept as "other", not answered; a reaction, a revoke or an edit
-# is about another message and no question.
-READ_AS = {"ptt": "audio", "video": "text", "document": "text", "location": "other", "poll": "other"}
-CAPTIONED = frozenset({"video", "document"})
-ABOUT_ANOTHER = frozenset({"reaction", "revoke", "edit"})
-
-
 class SimulatorInbound(models.Model):
     """A message waiting on WhatsApp's servers for the bot, like its offline queue."""
 
@@ -202,26 +190,6 @@ class SimulatorInbound(models.Model):
 
     def __str__(self) -> str:
         return f"{self.wa_id} from {self.sender}"
-
-    def inbound(self) -> Inbound | None:
-        """The message as the simulated library hands it to the shard, read as the neonize adapter reads
-        one (whatsapp/providers/neonize_events.py): keyed by the same rule; None for what is no message
-        for the bot (about another message, or a status post or a channel's)."""
-        if self.type in ABOUT_ANOTHER or jids.is_feed(self.chat):
-            return None
-        chat, sender = jids.conversation(self.chat, self.sender, sender_alt=self.sender_alt)
-        return Inbound(
-            wa_id=self.wa_id,
-            chat=chat,
-            sender=sender,
-            text=self.text,
-            type=READ_AS.get(self.type, self.type) if self.type not in CAPTIONED or self.text.strip() else "other",
-            push_name=self.push_name,
-            from_me=self.from_me,
-            is_group=jids.is_group(chat),
-            mentions=tuple(self.mentions),
-            timestamp=self.timestamp,
-        )
 
 
 class SimulatorSent(models.Model):

@@ -15,6 +15,7 @@ from tests.bots.test_pages import logged_in
 from tests.helpers import assert_invalid, make_bot
 from tests.hosting import connected, orm, step_until
 from whatsapp.models import SimulatorInbound, SimulatorSent
+from whatsapp.providers.simulator_events import inbound_of
 
 PHONE_JID = "5511955554444@s.whatsapp.net"
 LID = "198765432109876@lid"
@@ -119,7 +120,7 @@ def test_it_takes_a_lid_sender_with_its_phone_jid(alice_api, alice):
     ]
     assert rows[1].mentions == [LID]
     # As the shard hands them over: the phone JID is the chat (the group stays the group).
-    assert [(r.inbound().chat, r.inbound().sender) for r in rows] == [
+    assert [(inbound_of(r).chat, inbound_of(r).sender) for r in rows] == [
         (PHONE_JID, PHONE_JID),
         (GROUP, PHONE_JID),
         (PHONE_JID, PHONE_JID),

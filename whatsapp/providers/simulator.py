@@ -27,6 +27,7 @@ from django.utils import timezone
 from whatsapp.models import SimulatorCommand, SimulatorDevice, SimulatorInbound, SimulatorSent
 from whatsapp.providers import connect_failures
 from whatsapp.providers.base import Client, Commit, Db, Device, Events, Inbound, NotConnected, Provider
+from whatsapp.providers.simulator_events import inbound_of
 from whatsapp.routers import SIMULATOR_DB
 
 logger = logging.getLogger(__name__)
@@ -415,6 +416,6 @@ class SimulatorProvider(Provider):
             client = self.clients.get(row.bot_id)
             if client is None or not client.connected:
                 continue
-            handed.append((client.events, row.bot_id, row.inbound(), row.pk))
+            handed.append((client.events, row.bot_id, inbound_of(row), row.pk))
         if handed:
             await self.db(_hand_over, handed)
