@@ -149,3 +149,59 @@ class PrivateCluster:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class PgBouncer:
+    """Debian's PgBouncer on a free loopback port, in front of a PostgreSQL server, run as the postgres
+    user (it refuses root); transaction mode and a pool of ``pool_size`` server connections per database."""
+
+    user = "postgres"
+
+    def __init__(self, server_port: int, *, pool_size: int = 3, max_clients: int = 500) -> None:
+        self.program = require("pgbouncer", "apt-get install pgbouncer")
+        self.runuser = require("runuser", "apt-get install util-linux")
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
+        shutil.chown(self.directory, self.user)
+        (self.directory / "users.txt").write_text(f'"{self.user}" ""\n')
+        (self.directory / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host=127.0.0.1 port={server_port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.directory}/users.txt\nadmin_users = {self.user}\n"
+            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = {max_clients}\n"
+            "ignore_startup_parameters = extra_float_digits,options\n"
+        )
+        self.proc: Proc | None = None
+
+    def url(self, database: str) -> str:
+        return f"postgres://{self.user}@127.0.0.1:{self.port}/{database}?sslmode=disable"
+
+    def start(self) -> PgBouncer:
+        args = [self.runuser, "-u", self.user, "--", self.program, str(self.directory / "pgbouncer.ini")]
+        self.proc = Proc("pgbouncer", args, dict(os.environ)).start()
+        wait_until(self.answers, timeout=10, interval=0.05, message=f"pgbouncer did not start:\n{self.proc.log()}")
+        return self
+
+    def show(self, what: str) -> list[dict]:
+        """The admin console's SHOW (CLIENTS, SERVERS, POOLS...), as rows of dicts."""
+        with (
+            psycopg.connect(self.url("pgbouncer"), autocommit=True, prepare_threshold=None, connect_timeout=3) as conn,
+            conn.cursor() as cursor,
+        ):
+            cursor.execute(f"SHOW {what}")
+            names = [column.name for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def answers(self) -> bool:
+        try:
+            self.show("VERSION")
+            return True
+        except psycopg.Error:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -42,7 +42,7 @@ from whatsapp.providers import connect_failures
 from whatsapp.providers.base import Client, Commit, Db, Device, Events, NotConnected, Provider
 from whatsapp.providers.gocalls import GoCalls
 from whatsapp.providers.neonize_events import Handlers, jid_from_string
-from whatsapp.providers.store import bot_store, delete_device, migrate_store, store_dsn, store_has_device
+from whatsapp.providers.store import bot_store, delete_device, for_go, migrate_store, store_dsn, store_has_device
 
 logger = logging.getLogger(__name__)
 
@@ -301,9 +301,9 @@ class NeonizeProvider(Provider):
 
         props = DeviceProps(os="WhatsApp AI bots", platformType=DeviceProps.DESKTOP)
         if jid is not None:
-            client = NewClient(dsn or self.dsn, jid=jid, props=props)
+            client = NewClient(for_go(dsn or self.dsn), jid=jid, props=props)
         else:
-            client = NewClient(dsn or self.dsn, props=props, uuid=key, new_device=True)
+            client = NewClient(for_go(dsn or self.dsn), props=props, uuid=key, new_device=True)
         # neonize calls Go's Stop(key) when Python collects a client. By then a newer client of the
         # same device holds the key (every reconnect makes one), and would be removed with no event:
         # clients are stopped explicitly (stop_client), never by the collector.

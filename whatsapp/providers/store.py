@@ -71,6 +71,24 @@ def postgres_url(db: dict) -> str:
     return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}{query}"
 
 
+def for_go(dsn: str) -> str:
+    """The store's address as whatsmeow's driver (lib/pq) takes it: PostgreSQL with
+    ``binary_parameters=yes``.
+
+    lib/pq otherwise prepares an unnamed statement for every query with parameters, which a
+    PgBouncer in transaction mode (Debian's 1.18) may run on another server connection than the
+    prepare: "unnamed prepared statement does not exist (26000)". With binary parameters it sends
+    each query in one round trip, through PgBouncer or straight to PostgreSQL alike. Python's
+    drivers do not know the parameter: they get the address without it.
+    """
+    if not dsn.startswith("postgres"):
+        return dsn
+    parts = urlsplit(dsn)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("binary_parameters", "yes")
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
 def with_sslmode(url: str) -> str:
     """Keep the URL's sslmode; lib/pq defaults to require, so loopback gets disable."""
     parts = urlsplit(url)
@@ -81,7 +99,8 @@ def with_sslmode(url: str) -> str:
 
 
 def _pg_connect(dsn: str) -> psycopg.Connection:
-    return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    # No server-side prepared statements: the store may be behind a PgBouncer in transaction mode.
+    return psycopg.connect(dsn, autocommit=True, connect_timeout=10, prepare_threshold=None)
 
 
 def store_has_device(dsn: str, jid: str) -> bool:
@@ -122,12 +141,11 @@ def delete_device(dsn: str, jid: str) -> None:
 def migration_lock(dsn: str):
     """One migration at a time across shards and hosts: an advisory lock, or a file lock."""
     if dsn.startswith("postgres"):
-        with _pg_connect(dsn) as conn:
-            conn.execute("SELECT pg_advisory_lock(%s)", [ADVISORY_LOCK_KEY])
-            try:
-                yield
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK_KEY])
+        # A transaction's lock, held by its open transaction: through a PgBouncer in transaction
+        # mode a session lock and its unlock could land on two server connections (and never end).
+        with _pg_connect(dsn) as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [ADVISORY_LOCK_KEY])
+            yield
         return
     Path(dsn).parent.mkdir(parents=True, exist_ok=True)
     with open(dsn + ".lock", "w") as lock:
@@ -144,7 +162,7 @@ def migrate_store(dsn: str) -> None:
 
     with migration_lock(dsn):
         try:
-            ClientFactory.get_all_devices_from_db(dsn)
+            ClientFactory.get_all_devices_from_db(for_go(dsn))
         except ValueError:
             # Listing the devices can fail on a push name with a comma; the schema is migrated by then.
             pass
