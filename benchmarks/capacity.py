@@ -310,7 +310,8 @@ def run_host_benchmark(args, env: dict) -> dict:
 # --- neonize, offline ------------------------------------------------------------------------
 
 
-def measure_neonize(clients: int, shards: int, store: str, env: dict, idle: float, timeout: float) -> dict:
+def measure_neonize(clients: int, shards: int, store: str, env: dict, idle: float, timeout: float, probe=None) -> dict:
+    """``probe()``, if given, adds what it measures once every client made its attempt."""
     from django.db import connection
 
     from whatsapp.models import Session, SessionEvent, ShardHeartbeat
@@ -328,6 +329,8 @@ def measure_neonize(clients: int, shards: int, store: str, env: dict, idle: floa
         WHATSAPP_SIMULATOR="0",
         # Every client's attempt ends (offline): no recycling before all were made.
         WHATSAPP_RECYCLE_AFTER="100000",
+        # Every bot has one owner here: the per-user dial budget (30 per 10 minutes) would hold them.
+        WHATSAPP_DIAL_RATE_USER="1000000/600",
         WHATSAPP_STORE_URL=store,
     )
     pool = subprocess.Popen(
@@ -359,6 +362,7 @@ def measure_neonize(clients: int, shards: int, store: str, env: dict, idle: floa
             time.sleep(0.5)
         elapsed = time.monotonic() - started
         time.sleep(SETTLE_SECONDS)
+        probed = probe() if probe is not None else {}
         pids = shard_pids(pool.pid)
         cost = idle_cost([pool.pid, *pids], idle)
         loaded = [rss_mb(pid) for pid in pids]
@@ -391,6 +395,7 @@ def measure_neonize(clients: int, shards: int, store: str, env: dict, idle: floa
             (cost["postgres_connections"] - empty_connections) / max(1, total_attempts), 2
         ),
         "pool_cpu_per_second": cost["pool_cpu_per_second"],
+        **probed,
     }
 
 

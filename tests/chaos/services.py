@@ -187,7 +187,7 @@ class PgBouncer:
     def show(self, what: str) -> list[dict]:
         """The admin console's SHOW (CLIENTS, SERVERS, POOLS...), as rows of dicts."""
         with (
-            psycopg.connect(self.url("pgbouncer"), autocommit=True, prepare_threshold=None, connect_timeout=3) as conn,
+            psycopg.connect(self.url("pgbouncer"), autocommit=True, prepare_threshold=None, connect_timeout=10) as conn,
             conn.cursor() as cursor,
         ):
             cursor.execute(f"SHOW {what}")
