@@ -53,6 +53,17 @@ def nudge_shards() -> None:
     async_to_sync(wake_shards)()
 
 
+def window_wait(rows, limit: int, seconds: int, now: datetime.datetime) -> float:
+    """Seconds until a sliding window of ``seconds`` over ``rows`` (by ``created_at``) has room for one
+    more of ``limit``; 0 when it has room now. The oldest row in the window frees a slot when it leaves it."""
+    since = now - datetime.timedelta(seconds=seconds)
+    recent = rows.filter(created_at__gt=since)
+    if recent.count() < limit:
+        return 0.0
+    oldest_at = recent.order_by("created_at").values_list("created_at", flat=True).first() or now
+    return (oldest_at - since).total_seconds()
+
+
 def check_rate(bot: Bot, user) -> None:
     """Raise RateLimited when the bot or the user made too many connect requests."""
     now = timezone.now()
@@ -60,12 +71,8 @@ def check_rate(bot: Bot, user) -> None:
         (ConnectRequest.objects.filter(bot=bot), settings.WHATSAPP_CONNECT_RATE_BOT),
         (ConnectRequest.objects.filter(user=user), settings.WHATSAPP_CONNECT_RATE_USER),
     ):
-        since = now - datetime.timedelta(seconds=seconds)
-        recent = rows.filter(created_at__gt=since)
-        if recent.count() >= limit:
-            # The oldest request in the window frees a slot when it leaves it.
-            oldest_at = recent.order_by("created_at").values_list("created_at", flat=True).first() or now
-            raise RateLimited(max(1, math.ceil((oldest_at - since).total_seconds())))
+        if wait := window_wait(rows, limit, seconds, now):
+            raise RateLimited(max(1, math.ceil(wait)))
 
 
 def lock_rate_counts(bot: Bot, user) -> None:

@@ -19,6 +19,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
+from bots.control import window_wait
 from bots.models import Bot, Dial
 
 OVER_BUDGET = "dial_budget"
@@ -42,12 +43,9 @@ def take_dial(bot_id: uuid.UUID) -> Dialling:
         # Concurrent dials of one owner (other shards) count each other: the owner's row is the lock.
         list(get_user_model().objects.select_for_update().filter(pk=owner_id).values_list("pk", flat=True))
         now = timezone.now()
-        since = now - datetime.timedelta(seconds=seconds)
-        recent = Dial.objects.filter(user_id=owner_id, created_at__gt=since)
-        if recent.count() >= limit:
-            # The oldest dial in the window frees a slot when it leaves it.
-            oldest = recent.order_by("created_at").values_list("created_at", flat=True).first() or now
-            return Dialling(max(0.1, (oldest - since).total_seconds()), proxy)
-        Dial.objects.filter(user_id=owner_id, created_at__lte=since).delete()
+        dials = Dial.objects.filter(user_id=owner_id)
+        if wait := window_wait(dials, limit, seconds, now):
+            return Dialling(max(0.1, wait), proxy)
+        dials.filter(created_at__lte=now - datetime.timedelta(seconds=seconds)).delete()
         Dial.objects.create(user_id=owner_id, bot_id=bot_id)
     return Dialling(0.0, proxy)
