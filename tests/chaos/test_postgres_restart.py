@@ -53,20 +53,26 @@ def manage(database_url: str, *args: str) -> str:
     return done.stdout
 
 
-def test_it_recovers_by_itself_when_postgresql_restarts(private_postgres, fake_gemini, stop_at_end):
+def paired_on_the_private_cluster(private_postgres, fake_gemini, stop_at_end, **env):
+    """The web and a pool on the test's own PostgreSQL, an operator, and a bot paired by its phone."""
     database_url = private_postgres.create_database("botplatform")
     manage(database_url, "migrate", "--no-input")
     manage(database_url, "ensure_admin", "--username", "operator")
     token = manage(database_url, "create_api_token", "operator").splitlines()[-1]
-    env = {"DATABASE_URL": database_url, "GEMINI_BASE_URL": fake_gemini.url, **SHORT_LEASES}
+    env = {"DATABASE_URL": database_url, "GEMINI_BASE_URL": fake_gemini.url, **env}
     web = start_web(**env)
     stop_at_end(web.proc)
     pool = stop_at_end(start_pool(**env))
     bot_id = create_bot(web, token)["id"]
-    people = Conversations(web, token, bot_id)
-
     with open_events(web, bot_id, token) as ws:
         pair(web, token, bot_id, Frames(ws))
+    return web, pool, token, bot_id, Conversations(web, token, bot_id)
+
+
+def test_it_recovers_by_itself_when_postgresql_restarts(private_postgres, fake_gemini, stop_at_end):
+    web, pool, token, bot_id, people = paired_on_the_private_cluster(
+        private_postgres, fake_gemini, stop_at_end, **SHORT_LEASES
+    )
     for n in range(1, 9):
         people.write(n, f"Bom dia ({n})")
     people.wait_for_answers(timeout=20)
@@ -116,18 +122,7 @@ def test_what_arrives_while_postgresql_is_down_is_answered_even_when_the_shard_d
     """WhatsApp keeps delivering while the platform's database is down, and counts each message
     delivered once the shard's callback returns. The shard is then killed before it could store
     them: only its journal has them. Once PostgreSQL is back, each is answered once."""
-    database_url = private_postgres.create_database("botplatform")
-    manage(database_url, "migrate", "--no-input")
-    manage(database_url, "ensure_admin", "--username", "operator")
-    token = manage(database_url, "create_api_token", "operator").splitlines()[-1]
-    env = {"DATABASE_URL": database_url, "GEMINI_BASE_URL": fake_gemini.url}
-    web = start_web(**env)
-    stop_at_end(web.proc)
-    pool = stop_at_end(start_pool(**env))
-    bot_id = create_bot(web, token)["id"]
-    people = Conversations(web, token, bot_id)
-    with open_events(web, bot_id, token) as ws:
-        pair(web, token, bot_id, Frames(ws))
+    web, pool, token, bot_id, people = paired_on_the_private_cluster(private_postgres, fake_gemini, stop_at_end)
     people.write(1, "Bom dia")
     people.wait_for_answers(timeout=20)
 
