@@ -26,6 +26,9 @@ class Outcome(Enum):
     LOGGED_OUT = "logged_out"  # the device is gone from whatsmeow's store: a new QR next time
 
 
+# What whatsmeow's LoggedOut without a code it tells apart means: the phone removed the device.
+UNLINKED = "unlinked from the phone"
+
 # code: (outcome, lastError), for the codes neonize can pass on. Those whatsmeow turns into other
 # events are here too: those events read the same, and so would a ConnectFailure carrying one.
 REASONS: dict[int, tuple[Outcome, str]] = {
@@ -84,7 +87,7 @@ def for_code(code: int, *, ban_reason: str = "unknown reason", ban_expire: int =
     if code == 402:
         return Outcome.FAILED, temporary_ban(ban_reason, ban_expire)
     if code == 401:
-        return Outcome.LOGGED_OUT, "unlinked from the phone"
+        return Outcome.LOGGED_OUT, UNLINKED
     if code in REASONS:
         return REASONS[code]
     # A code neonize's encoder does not know: the event is refused and connect() ends with Go's error.
@@ -94,7 +97,7 @@ def for_code(code: int, *, ban_reason: str = "unknown reason", ban_expire: int =
 def logged_out(event) -> str:
     """The reason of a neonize LoggedOutEv: 401 unlinked, 403 locked, 406 banned (whatsmeow's comments)."""
     code = code_of(event) if event.OnConnect else 0
-    return REASONS[code][1] if code in (403, 406) else "unlinked from the phone"
+    return REASONS[code][1] if code in (403, 406) else UNLINKED
 
 
 # Go's error for an event with a required field unset (google.golang.org/protobuf: RequiredNotSet).

@@ -280,7 +280,7 @@ class SimulatorClient(Client):
         await self.provider.db(_forget_device, self.bot_id)
         if self.connected:
             self.connected = False
-            self.events.logged_out(self.bot_id, "unlinked from the phone")
+            self.events.logged_out(self.bot_id, connect_failures.UNLINKED)
 
     async def drop(self) -> None:
         if self.connected:
