@@ -280,7 +280,10 @@ def test_the_pages_work_under_their_content_security_policy_and_it_stops_injecte
     page.get_by_role("link", name="Create your first bot").click()
     page.get_by_role("textbox", name="Name").fill("Floricultura")
     page.get_by_role("button", name="Next").click()
+    # Each step loaded before the next click: a click during the load was lost (seen once in CI).
+    page.get_by_role("heading", name="Step 2 of 3: AI settings").wait_for()
     page.get_by_role("button", name="Next").click()
+    page.get_by_role("heading", name="Step 3 of 3: WhatsApp provider").wait_for()
     page.get_by_label("Simulator").check()
     page.get_by_role("button", name="Create and link to WhatsApp").click()
     page.locator("#qr").wait_for()
